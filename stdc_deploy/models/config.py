@@ -1,0 +1,63 @@
+"""STDC-Seg variants as data, plus the pre-processing facts that travel with a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import StdcError
+
+# ImageNet statistics on 0-1 RGB, used by the official code and MMSeg alike.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """One STDC backbone variant; STDC1 and STDC2 differ only in ``layers``."""
+
+    name: str
+    backbone: str  # the official class name, for messages and metadata
+    layers: tuple[int, ...]  # CatBottleneck blocks per stage (stride /8, /16, /32)
+    base: int = 64
+    block_num: int = 4  # convs per CatBottleneck
+
+    @property
+    def num_feature_blocks(self) -> int:
+        """Entries of ``backbone.features``: two stem convs plus every bottleneck."""
+        return 2 + sum(self.layers)
+
+
+ARCHS: dict[str, ArchConfig] = {
+    "stdc1": ArchConfig("stdc1", "STDCNet813", layers=(2, 2, 2)),
+    "stdc2": ArchConfig("stdc2", "STDCNet1446", layers=(4, 5, 3)),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named (architecture, input size) pair, as the paper reports them."""
+
+    name: str
+    arch: str
+    height: int
+    width: int
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("stdc1-seg50", "stdc1", 512, 1024),
+        Preset("stdc1-seg75", "stdc1", 768, 1536),
+        Preset("stdc2-seg50", "stdc2", 512, 1024),
+        Preset("stdc2-seg75", "stdc2", 768, 1536),
+    )
+}
+
+
+def get_arch(name: str) -> ArchConfig:
+    """Look an architecture up by name (``stdc1``/``stdc2``, or the official class name)."""
+    key = name.lower()
+    for cfg in ARCHS.values():
+        if key in (cfg.name, cfg.backbone.lower()):
+            return cfg
+    raise StdcError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHS)}")

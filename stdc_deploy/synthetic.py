@@ -1,0 +1,89 @@
+"""Synthetic street-like images and random-weight models with realistic statistics.
+
+Used where no weights or data can be downloaded: tests, the demo and benchmarks.
+BatchNorm statistics are *measured* on varied images (not white noise, which leaves
+running variances near zero behind the global pooling and makes parity numerically
+fragile), so a random model behaves like a trained one numerically: activations of
+unit scale, logits with a spread of classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+import cv2
+
+from .models import STDCSeg, create_model
+from .preprocess import normalize
+
+
+def synthetic_image(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """One BGR uint8 scene: sky and road gradients, blocks, discs, lines, texture."""
+    img = np.empty((height, width, 3), np.float32)
+    horizon = int(height * rng.uniform(0.3, 0.6))
+    top, bottom = rng.uniform(0, 255, (2, 3))
+    ramp = np.linspace(0, 1, max(horizon, 1), dtype=np.float32)[:, None, None]
+    img[:horizon] = top * (1 - ramp) + rng.uniform(0, 255, 3) * ramp
+    img[horizon:] = bottom
+    for _ in range(rng.integers(3, 9)):  # buildings / vehicles
+        x0, y0 = rng.integers(0, width), rng.integers(0, height)
+        w, h = rng.integers(width // 16 + 1, width // 3 + 2), rng.integers(height // 12 + 1, height // 2 + 2)
+        cv2.rectangle(img, (int(x0), int(y0)), (int(x0 + w), int(y0 + h)), rng.uniform(0, 255, 3).tolist(), -1)
+    for _ in range(rng.integers(1, 5)):  # round things
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        cv2.circle(img, centre, int(rng.integers(2, max(3, min(height, width) // 5))),
+                   rng.uniform(0, 255, 3).tolist(), -1)
+    for _ in range(rng.integers(2, 6)):  # poles and lane marks
+        p0 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        p1 = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        cv2.line(img, p0, p1, rng.uniform(0, 255, 3).tolist(), int(rng.integers(1, 4)))
+    texture = rng.normal(0, rng.uniform(3, 20), (height, width, 3)).astype(np.float32)
+    img += cv2.GaussianBlur(texture, (0, 0), rng.uniform(0.5, 2.0))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def synthetic_images(count: int, height: int, width: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [synthetic_image(height, width, rng) for _ in range(count)]
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: STDCSeg, batches: list[torch.Tensor]) -> STDCSeg:
+    """Replace every BatchNorm's running statistics by their average over ``batches``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    was_training = model.training
+    model.train()
+    for x in batches:
+        model.forward_aux(x) if model.aux_heads else model(x)
+    for bn, momentum in zip(bns, saved):
+        bn.momentum = momentum
+    return model.train(was_training)
+
+
+def random_model(arch: str = "stdc1", num_classes: int = 19, *, seed: int = 0, aux_heads: bool = True,
+                 classifier_bias: bool = False, calib_size: tuple[int, int] = (128, 256),
+                 calib_images: int = 16, logit_scale: float = 8.0) -> STDCSeg:
+    """A deterministic random-weight STDC-Seg (eval mode) with measured BN statistics."""
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes, classifier_bias=classifier_bias, aux_heads=aux_heads)
+    if classifier_bias:
+        nn.init.uniform_(model.conv_out.conv_out.bias, -1.0, 1.0)
+    # BN affine parameters away from the (1, 0) init, as after training
+    gen = torch.Generator().manual_seed(seed + 1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.empty_like(m.weight).uniform_(0.5, 1.5, generator=gen)
+            m.bias.data = torch.empty_like(m.bias).uniform_(-0.3, 0.3, generator=gen)
+    images = synthetic_images(calib_images, *calib_size, seed=seed)
+    # batches of 8: the BNs after global pooling see one value per image
+    batches = [torch.from_numpy(normalize(images[i:i + 8])) for i in range(0, len(images), 8)]
+    calibrate_batchnorm(model, batches)
+    # trained STDC-Seg logits span roughly +-40; scale the classifier to match
+    model.conv_out.conv_out.weight.data *= logit_scale
+    return model.eval()
