@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -81,16 +82,19 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.stat().st_size == 0:
         raise CheckpointError("empty file, not a checkpoint", path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on non-default pickle protocols
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        if "Weights only load failed" in text:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(
-                r"(Unsupported operand \d+|[\w.]+ was not an allowed global)", text)
-            what = found.group(1) if found else "objects other than tensors"
+        if found := re.search(r"GLOBAL ([\w.]+)", text):
             raise CheckpointError(
-                f"refused: the file would run code or build arbitrary objects ({what}); "
-                "only plain tensor checkpoints are loaded (torch.load weights_only=True)", path) from None
+                f"refused: the file would run code or build arbitrary objects ({found.group(1)}); "
+                "nothing was executed: only plain tensor checkpoints are loaded (weights_only)", path) from None
+        if found := re.search(r"Unsupported operand \d+", text):
+            raise CheckpointError(
+                f"not a PyTorch checkpoint, or one using pickle features beyond plain tensors "
+                f"({found.group(0)}); nothing was executed", path) from None
         raise CheckpointError(f"not a PyTorch checkpoint ({_first_line(text)})", path) from None
     except (EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"truncated or corrupt checkpoint ({_first_line(str(exc)) or 'unexpected end of file'})", path) from None
@@ -99,8 +103,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if "central directory" in text or "PytorchStreamReader" in text or "zip archive" in text:
             raise CheckpointError(f"truncated or corrupt checkpoint ({text})", path) from None
         raise CheckpointError(f"cannot read checkpoint ({text})", path) from None
-    except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"not a PyTorch checkpoint ({_first_line(str(exc))})", path) from None
+    except Exception as exc:  # the unpickler fails on garbage in many ways (IndexError, KeyError, ...)
+        raise CheckpointError(f"not a PyTorch checkpoint ({type(exc).__name__}: {_first_line(str(exc))})",
+                              path) from None
     return unwrap_state_dict(obj, path)
 
 

@@ -1,0 +1,58 @@
+"""Export a checkpoint to verified ONNX and segment an image, using the Python API.
+
+    python examples/python_api.py CHECKPOINT IMAGE [--size 512x1024] [--out-dir models]
+
+Writes OUT_DIR/<checkpoint>.onnx and OUT_DIR/<image>_overlay.png. Everything the `stdc`
+command does is available like this.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import onnxruntime as ort
+
+from stdc_deploy import StdcError, load_model
+from stdc_deploy.export import OnnxExportOptions, export_onnx, read_onnx_metadata
+from stdc_deploy.preprocess import normalize
+from stdc_deploy.visualize import overlay
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--size", default="512x1024")
+    parser.add_argument("--out-dir", type=Path, default=Path("models"))
+    args = parser.parse_args()
+    height, width = map(int, args.size.lower().split("x"))
+
+    try:
+        model, info = load_model(args.checkpoint)  # architecture and classes come from the file
+        result = export_onnx(model, args.out_dir / f"{args.checkpoint.stem}.onnx",
+                             OnnxExportOptions(height=height, width=width), checkpoint=info)
+    except StdcError as exc:
+        print(f"error: {exc}")
+        return 1
+    print(f"{result.path}: {result.parity[0].describe()}")
+
+    meta = read_onnx_metadata(result.path)  # mean/std, size and classes travel with the model
+    image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
+    if image is None:
+        print(f"error: {args.image}: not a readable image")
+        return 1
+    x = normalize(image, meta.mean, meta.std, size=(meta.input_height, meta.input_width))
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run([meta.output_name], {meta.input_name: x})
+    labels = logits[0].argmax(0).astype("uint8")
+    labels = cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+    out = args.out_dir / f"{args.image.stem}_overlay.png"
+    cv2.imwrite(str(out), overlay(image, labels, meta.num_classes))
+    print(f"{out}: {len(set(labels.flatten().tolist()))} classes present")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""The `stdc` command: a thin layer over the library (every command calls into stdc_deploy)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from . import export
+from .common import State, setup_logging
+from .demo import demo
+from .info import info
+
+app = typer.Typer(
+    name="stdc",
+    help="Deploy STDC-Seg semantic segmentation: export, verify, inspect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"stdc-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    State.debug = debug
+    setup_logging(verbose)
+
+
+app.add_typer(export.app, name="export")
+app.command()(info)
+app.command()(demo)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,58 @@
+"""`stdc export ...`: checkpoints to deployable artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..checkpoint import load_model
+from ..export import OnnxExportOptions, export_onnx
+from ..verify import Tolerance
+from .common import ArchOption, NumClassesOption, OutputOption, SizeOption, command, console, parse_size
+
+app = typer.Typer(help="Export a checkpoint to ONNX.", no_args_is_help=True)
+
+MODELS_DIR = Path("models")
+
+
+def default_onnx_path(checkpoint: Path, arch: str, size: tuple[int, int], dynamic: bool) -> Path:
+    tag = "dynamic" if dynamic else f"{size[0]}x{size[1]}"
+    return MODELS_DIR / f"{checkpoint.stem}-{arch}-{tag}.onnx"
+
+
+@app.command("onnx")
+@command
+def onnx_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Official, wrapped or MMSeg STDC-Seg checkpoint.")],
+    output: OutputOption = None,
+    size: SizeOption = "512x1024",
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size of a static export.")] = 1,
+    dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch, height and width.")] = False,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 18).")] = 20,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
+    arch: ArchOption = None,
+    num_classes: NumClassesOption = None,
+    atol: Annotated[float, typer.Option("--atol", help="Largest allowed |ONNX - PyTorch| logit error.")] = Tolerance.max_abs_error,
+    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Smallest allowed argmax agreement (0-1).")] = Tolerance.min_label_agreement,
+) -> None:
+    """Export CHECKPOINT to ONNX, simplify, check, and verify it against PyTorch in ONNX Runtime.
+
+    The file is written only if verification passes: input `input` (float32 NCHW RGB, ImageNet-normalised), output `logits` (N, classes, H, W), metadata embedded.
+    """
+    height, width = parse_size(size)
+    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
+    console.print(f"Loaded {checkpoint}: {info.arch}, {info.num_classes} classes, {info.source_format} format"
+                  + (", classifier bias" if info.classifier_bias else ""), highlight=False)
+    output = output or default_onnx_path(checkpoint, info.arch, (height, width), dynamic)
+    replacing = output.exists()
+    options = OnnxExportOptions(height=height, width=width, batch=batch, dynamic=dynamic, opset=opset,
+                                simplify=simplify, tolerance=Tolerance(atol, min_agreement))
+    with console.status("Exporting and verifying..."):
+        result = export_onnx(model, output, options, checkpoint=info)
+    for report in result.parity:
+        console.print(f"  verified (ONNX Runtime vs PyTorch) {report.describe()}", highlight=False)
+    verb = "Replaced" if replacing else "Wrote"
+    console.print(f"{verb} {result.path} ({result.size_bytes / 2**20:.1f} MiB, {result.metadata.input_size}, "
+                  f"opset {opset}) in {result.export_seconds:.1f} s", highlight=False)

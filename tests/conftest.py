@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stdc_deploy.checkpoint import to_official_state_dict
+from stdc_deploy.preprocess import normalize
+from stdc_deploy.synthetic import random_model, synthetic_images
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+
+torch.set_num_threads(2)
+
+
+def official_key_table(arch: str) -> dict[str, str]:
+    """name -> shape ('32x3x3x3' / 'scalar') of a checkpoint written by the official code."""
+    path = REFERENCE_DIR / f"official_{arch}_seg_keys.tsv"
+    if not path.is_file():
+        pytest.skip(f"reference key list not found at {path}")
+    rows = (line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line.strip())
+    return {name: shape for name, shape in rows}
+
+
+def shape_str(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) if t.ndim else "scalar"
+
+
+@pytest.fixture(scope="session")
+def models_by_arch():
+    """Random-weight models (with training heads) whose BN statistics were measured on images."""
+    return {arch: random_model(arch, seed=i) for i, arch in enumerate(("stdc1", "stdc2"))}
+
+
+@pytest.fixture(scope="session")
+def official_checkpoints(models_by_arch, tmp_path_factory) -> dict[str, Path]:
+    """Bare state_dicts in the official key format, as the official training code writes them."""
+    root = tmp_path_factory.mktemp("ckpt")
+    paths = {}
+    for arch, model in models_by_arch.items():
+        paths[arch] = root / f"{arch}_official.pth"
+        torch.save(to_official_state_dict(model), paths[arch])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def sample_input() -> torch.Tensor:
+    return torch.from_numpy(normalize(synthetic_images(2, 96, 160, seed=7)))
+
+
+def logits_of(model, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(x).numpy()
