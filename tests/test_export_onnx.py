@@ -101,7 +101,7 @@ def test_failed_verification_writes_nothing(stdc1, tmp_path):
     model, _ = stdc1
     target = tmp_path / "strict.onnx"
     with pytest.raises(ExportError, match="verification failed, .*strict.onnx not written"):
-        export_onnx(model, target, OnnxExportOptions(height=64, width=64, tolerance=Tolerance(max_abs_error=0.0)))
+        export_onnx(model, target, OnnxExportOptions(height=64, width=64, tolerance=Tolerance(atol=0.0, rtol=0.0)))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -171,3 +171,14 @@ def test_dynamic_export_at_cityscapes_resolutions(arch, official_checkpoints, tm
         ort_error = np.abs(got - truth).max()
         torch_error = np.abs(torch_logits(model, x) - truth).max()
         assert ort_error <= 1.5 * torch_error + 1e-4, (h, w, ort_error, torch_error)
+
+
+def test_metadata_round_trip_keeps_types():
+    from stdc_deploy.export import ArtifactMetadata
+
+    meta = ArtifactMetadata(arch="stdc2", num_classes=3, checkpoint_sha256="1234567890e1" + "0" * 52,
+                            input_height=None, input_width=None, batch=None, dynamic=True,
+                            versions={"torch": "2.13.0"})
+    back = ArtifactMetadata.from_props(meta.to_props())
+    assert back == meta
+    assert ArtifactMetadata.from_props(ArtifactMetadata(arch="stdc1", num_classes=2).to_props()).checkpoint_sha256 is None

@@ -34,7 +34,8 @@ def onnx_command(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     arch: ArchOption = None,
     num_classes: NumClassesOption = None,
-    atol: Annotated[float, typer.Option("--atol", help="Largest allowed |ONNX - PyTorch| logit error.")] = Tolerance.max_abs_error,
+    atol: Annotated[float, typer.Option("--atol", help="Allowed |ONNX - PyTorch| logit error: atol + rtol * max|logit|.")] = Tolerance.atol,
+    rtol: Annotated[float, typer.Option("--rtol", help="See --atol.")] = Tolerance.rtol,
     min_agreement: Annotated[float, typer.Option("--min-agreement", help="Smallest allowed argmax agreement (0-1).")] = Tolerance.min_label_agreement,
 ) -> None:
     """Export CHECKPOINT to ONNX, simplify, check, and verify it against PyTorch in ONNX Runtime.
@@ -45,10 +46,13 @@ def onnx_command(
     model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
     console.print(f"Loaded {checkpoint}: {info.arch}, {info.num_classes} classes, {info.source_format} format"
                   + (", classifier bias" if info.classifier_bias else ""), highlight=False)
+    if info.dropped:
+        ignored = "; ".join(f"{count} {reason}" for reason, count in info.dropped.items())
+        console.print(f"  ignored tensors: {ignored}", highlight=False)
     output = output or default_onnx_path(checkpoint, info.arch, (height, width), dynamic)
     replacing = output.exists()
     options = OnnxExportOptions(height=height, width=width, batch=batch, dynamic=dynamic, opset=opset,
-                                simplify=simplify, tolerance=Tolerance(atol, min_agreement))
+                                simplify=simplify, tolerance=Tolerance(atol, rtol, min_agreement))
     with console.status("Exporting and verifying..."):
         result = export_onnx(model, output, options, checkpoint=info)
     for report in result.parity:

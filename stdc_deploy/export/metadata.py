@@ -72,8 +72,8 @@ class ArtifactMetadata:
         for key, raw in props.items():
             if key not in known:
                 continue
-            if known[key].type in ("str",):
-                kwargs[key] = raw
+            if known[key].type.startswith("str"):  # "str" or "str | None"
+                kwargs[key] = None if raw == "null" and known[key].type != "str" else raw
                 continue
             try:
                 value = json.loads(raw)

@@ -189,10 +189,8 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
             log.info("ONNX Runtime vs PyTorch at %s", report.describe())
         failed = [r for r in parity if not r.passes(options.tolerance)]
         if failed:
-            tol = options.tolerance
-            raise ExportError(
-                f"verification failed, {output} not written: {failed[0].describe()} "
-                f"(limits: max abs error {tol.max_abs_error:g}, agreement >= {tol.min_label_agreement:.2%})")
+            limits = options.tolerance.describe(failed[0].reference_abs_max)
+            raise ExportError(f"verification failed, {output} not written: {failed[0].describe()} (limits: {limits})")
     atomic_write_bytes(output, data)
     return OnnxExportResult(output, metadata, tuple(parity), len(data), time.perf_counter() - start)
 
