@@ -1,0 +1,104 @@
+"""The one contract every inference backend implements.
+
+A backend is opened on an artifact, takes a normalised float32 NCHW batch and returns
+float32 NCHW logits. Used as a context manager::
+
+    with open_backend("model.onnx") as backend:
+        logits = backend.infer(batch)
+
+Everything downstream (pipelines, benchmarks, evaluation, comparisons) knows only this
+contract, never a runtime.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import StdcError
+from ..export.metadata import ArtifactMetadata
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What ``infer`` accepts; None marks a dynamic dimension."""
+
+    name: str
+    batch: int | None
+    height: int | None
+    width: int | None
+
+    def check(self, batch: np.ndarray) -> None:
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise StdcError(f"expected a (N, 3, H, W) batch, got shape {tuple(batch.shape)}")
+        for axis, want, what in ((0, self.batch, "batch"), (2, self.height, "height"), (3, self.width, "width")):
+            if want is not None and batch.shape[axis] != want:
+                raise StdcError(f"this model takes {what} {want}, got {batch.shape[axis]} "
+                                "(export with --dynamic for other sizes)")
+
+
+class Backend(abc.ABC):
+    """Base class: subclasses set ``name`` and implement ``_open``, ``_infer``, ``_close``."""
+
+    name: ClassVar[str]
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    def __init__(self, artifact: str | Path, metadata: ArtifactMetadata, *, device: str = "cpu",
+                 precision: str = "fp32"):
+        if device.split(":")[0] not in self.devices:
+            raise StdcError(f"backend {self.name} runs on {', '.join(self.devices)}, not {device}")
+        if precision not in self.precisions:
+            raise StdcError(f"backend {self.name} offers precision {', '.join(self.precisions)}, not {precision}")
+        self.artifact = Path(artifact)
+        self.metadata = metadata
+        self.device = device
+        self.precision = precision
+        self.is_open = False
+
+    @property
+    def input_spec(self) -> InputSpec:
+        m = self.metadata
+        return InputSpec(m.input_name, m.batch, m.input_height, m.input_width)
+
+    def open(self) -> Backend:
+        if not self.is_open:
+            self._open()
+            self.is_open = True
+        return self
+
+    def close(self) -> None:
+        if self.is_open:
+            self._close()
+            self.is_open = False
+
+    def __enter__(self) -> Backend:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 normalised RGB -> (N, classes, H, W) float32 logits."""
+        if not self.is_open:
+            raise RuntimeError(f"{self.name} backend used before open()")
+        self.input_spec.check(batch)
+        return self._infer(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.device}, {self.precision}) on {self.artifact.name}"
+
+    @abc.abstractmethod
+    def _open(self) -> None: ...
+
+    @abc.abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def _close(self) -> None:  # most runtimes free themselves when dropped
+        pass

@@ -1,0 +1,43 @@
+"""ONNX Runtime backend: CPU, or the CUDA execution provider with onnxruntime-gpu."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import MissingDependencyError, StdcError
+from .base import Backend
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    devices = ("cpu", "cuda")
+
+    def _open(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime") from None
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        if self.device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise MissingDependencyError(
+                    "device cuda needs the CUDA execution provider: pip install 'stdc-deploy[gpu]' "
+                    "(onnxruntime-gpu) in place of onnxruntime")
+            index = int(self.device.split(":")[1]) if ":" in self.device else 0
+            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(str(self.artifact), options, providers=providers)
+        except Exception as exc:
+            raise StdcError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})", self.artifact) from None
+        self._input = self.metadata.input_name
+        self._output = self.metadata.output_name
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output], {self._input: batch})[0]
+
+    def _close(self) -> None:
+        self._session = None

@@ -1,0 +1,38 @@
+"""PyTorch eager backend for checkpoints: CPU, or CUDA with FP16 and channels_last."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_model
+from ..errors import StdcError
+from .base import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    devices = ("cpu", "cuda")
+    precisions = ("fp32", "fp16", "bf16")
+
+    def _open(self) -> None:
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise StdcError("device cuda requested but PyTorch sees no CUDA GPU")
+        if self.precision == "fp16" and not self.device.startswith("cuda"):
+            raise StdcError("fp16 with PyTorch needs --device cuda (use bf16 on the CPU)")
+        model, _ = load_model(self.artifact)
+        self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+        model = model.to(self.device, dtype=self._dtype)
+        if self.device.startswith("cuda"):
+            model = model.to(memory_format=torch.channels_last)
+        self._model = model.eval()
+
+    @torch.inference_mode()
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, dtype=self._dtype, non_blocking=True)
+        if self.device.startswith("cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._model(x).float().cpu().numpy()
+
+    def _close(self) -> None:
+        self._model = None

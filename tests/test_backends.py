@@ -1,0 +1,79 @@
+"""One contract test that every backend installed here passes."""
+
+import numpy as np
+import pytest
+import torch
+
+from stdc_deploy.backends import BACKENDS_FOR_KIND, artifact_kind, available_backends, open_backend
+from stdc_deploy.checkpoint import load_model
+from stdc_deploy.errors import StdcError
+from stdc_deploy.export import OnnxExportOptions, export_onnx
+from stdc_deploy.preprocess import normalize
+from stdc_deploy.synthetic import synthetic_images
+from stdc_deploy.verify import compare_logits
+
+CASES = [("checkpoint", "torch", "fp32"), ("onnx", "onnxruntime", "fp32"),
+         ("onnx", "openvino", "fp32"), ("onnx", "openvino", "bf16")]
+
+
+@pytest.fixture(scope="module")
+def artifacts(official_checkpoints, tmp_path_factory):
+    ckpt = official_checkpoints["stdc1"]
+    onnx_path = tmp_path_factory.mktemp("backends") / "stdc1.onnx"
+    model, info = load_model(ckpt)
+    export_onnx(model, onnx_path, OnnxExportOptions(height=64, width=128, batch=2), checkpoint=info)
+    return {"checkpoint": ckpt, "onnx": onnx_path, "model": model}
+
+
+@pytest.mark.parametrize("kind, backend, precision", CASES)
+def test_backend_contract(artifacts, kind, backend, precision):
+    if backend not in available_backends(kind):
+        pytest.skip(f"{backend} is not installed")
+    if precision == "bf16":
+        from stdc_deploy.backends.openvino_backend import cpu_supports_bf16
+
+        if not cpu_supports_bf16():
+            pytest.skip("this CPU has no bf16 support")
+    x = normalize(synthetic_images(2, 64, 128, seed=99))
+    with torch.no_grad():
+        reference = artifacts["model"](torch.from_numpy(x)).numpy()
+    with open_backend(artifacts[kind], backend=backend, device="cpu", precision=precision) as b:
+        assert b.is_open and b.name == backend
+        assert b.metadata.arch == "stdc1" and b.metadata.num_classes == 19
+        out = b.infer(x)
+    assert not b.is_open
+    assert out.shape == (2, 19, 64, 128) and out.dtype == np.float32
+    parity = compare_logits(reference, out)
+    # bf16 keeps 8 mantissa bits: on random weights at 64x128 near-ties flip (~94% measured)
+    assert parity.label_agreement >= (0.9 if precision == "bf16" else 0.999), parity.describe()
+
+
+def test_automatic_choice_on_cpu(artifacts):
+    assert open_backend(artifacts["checkpoint"], device="cpu").name == "torch"
+    assert open_backend(artifacts["onnx"], device="cpu").name == "onnxruntime"
+    assert open_backend(artifacts["onnx"], device="cpu", precision="bf16").name == "openvino"
+
+
+def test_static_model_rejects_other_sizes(artifacts):
+    with open_backend(artifacts["onnx"], backend="onnxruntime", device="cpu") as b:
+        with pytest.raises(StdcError, match="this model takes height 64, got 32"):
+            b.infer(np.zeros((2, 3, 32, 128), np.float32))
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"backend": "torch"}, "backend torch cannot run onnx artifacts"),
+    ({"backend": "nope"}, "unknown backend"),
+    ({"precision": "int4"}, "unknown precision"),
+    ({"backend": "onnxruntime", "precision": "fp16"}, "offers precision fp32"),
+])
+def test_bad_choices(artifacts, args, message):
+    with pytest.raises(StdcError, match=message):
+        open_backend(artifacts["onnx"], **{"device": "cpu", **args})
+
+
+def test_unknown_files(tmp_path):
+    with pytest.raises(StdcError, match="unsupported model file type '.txt'"):
+        artifact_kind(tmp_path / "model.txt")
+    with pytest.raises(StdcError, match="no such file"):
+        open_backend(tmp_path / "absent.onnx")
+    assert set(BACKENDS_FOR_KIND) == {"checkpoint", "onnx", "engine"}
