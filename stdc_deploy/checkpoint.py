@@ -119,7 +119,7 @@ def unwrap_state_dict(obj: object, path: str | os.PathLike | None = None) -> dic
         raise CheckpointError(f"not a state_dict: the file holds a {type(obj).__name__}", path)
     for key in WRAPPER_KEYS:
         inner = obj.get(key)
-        if isinstance(inner, Mapping) and inner and not isinstance(obj.get(key), torch.Tensor):
+        if isinstance(inner, Mapping) and inner:
             obj = inner
             break
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -313,8 +313,8 @@ def inspect_checkpoint(state_dict: Mapping[str, torch.Tensor], *, path: str | os
             arch=detect_arch(sd),
             num_classes=detect_num_classes(sd),
             classifier_bias=f"{CLASSIFIER}.bias" in sd,
-            has_aux_heads=any(_AUX_HEAD.match(k) for k in state_dict) or any(
-                "auxiliary_head" in k for k in state_dict),
+            has_aux_heads=any(_AUX_HEAD.match(k) for k in sd) or any(
+                "heads" in reason for reason in remapped.dropped),
             dropped={reason: len(keys) for reason, keys in remapped.dropped.items()},
         )
     except CheckpointError as exc:

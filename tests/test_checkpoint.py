@@ -203,3 +203,12 @@ def test_garbage_is_a_checkpoint_error(content, tmp_path):
     path.write_bytes(content)
     with pytest.raises(CheckpointError):
         load_model(path)
+
+
+def test_training_heads_are_reported_through_prefixes(official_checkpoints):
+    sd = {f"module.{k}": v for k, v in read_state_dict(official_checkpoints["stdc1"]).items()}
+    _, info = inspect_checkpoint(sd)
+    assert info.has_aux_heads
+    no_heads = {k: v for k, v in sd.items() if not k.startswith(("module.conv_out1", "module.conv_out3",
+                                                                   "module.conv_out_sp"))}
+    assert not inspect_checkpoint(no_heads)[1].has_aux_heads
