@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 
 import cv2
-import onnxruntime as ort
 
 from stdc_deploy import StdcError, load_model
+from stdc_deploy.backends import open_backend
 from stdc_deploy.export import OnnxExportOptions, export_onnx, read_onnx_metadata
 from stdc_deploy.preprocess import normalize
 from stdc_deploy.visualize import overlay
@@ -44,8 +44,8 @@ def main() -> int:
         print(f"error: {args.image}: not a readable image")
         return 1
     x = normalize(image, meta.mean, meta.std, size=(meta.input_height, meta.input_width))
-    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run([meta.output_name], {meta.input_name: x})
+    with open_backend(result.path) as backend:  # fastest installed runtime for this file
+        logits = backend.infer(x)
     labels = logits[0].argmax(0).astype("uint8")
     labels = cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
     out = args.out_dir / f"{args.image.stem}_overlay.png"

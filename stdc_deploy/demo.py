@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import torch
 
+from .backends import open_backend
 from .checkpoint import load_model, to_official_state_dict
 from .export import OnnxExportOptions, OnnxExportResult, export_onnx
 from .fileio import atomic_output
@@ -42,8 +43,6 @@ def _write_image(path: Path, image: np.ndarray) -> None:
 
 def run_demo(arch: str = "stdc1", size: tuple[int, int] = (512, 1024), out_dir: str | Path = "models",
              runs: int = 10, seed: int = 0) -> DemoResult:
-    import onnxruntime as ort
-
     out_dir = Path(out_dir)
     height, width = size
     checkpoint = out_dir / f"demo-{arch}-random.pth"
@@ -54,14 +53,14 @@ def run_demo(arch: str = "stdc1", size: tuple[int, int] = (512, 1024), out_dir: 
                          OnnxExportOptions(height=height, width=width), checkpoint=info)
 
     frame = synthetic_images(1, height, width, seed=seed + 100)[0]
-    session = ort.InferenceSession(str(export.path), providers=["CPUExecutionProvider"])
     x = normalize(frame)
-    session.run(None, {"input": x})  # warm-up
     times = []
-    for _ in range(max(1, runs)):
-        start = time.perf_counter()
-        (logits,) = session.run(None, {"input": x})
-        times.append(time.perf_counter() - start)
+    with open_backend(export.path, backend="onnxruntime", device="cpu") as backend:
+        backend.infer(x)  # warm-up
+        for _ in range(max(1, runs)):
+            start = time.perf_counter()
+            logits = backend.infer(x)
+            times.append(time.perf_counter() - start)
     labels = logits[0].argmax(0)
     frame_path, overlay_path = out_dir / f"demo-{arch}-frame.png", out_dir / f"demo-{arch}-overlay.png"
     _write_image(frame_path, frame)
