@@ -10,6 +10,7 @@ from pathlib import Path
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file
 
 
 @contextlib.contextmanager
@@ -28,7 +29,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = True) -> Iterato
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600
+        os.chmod(tmp_path, FILE_MODE)  # mkstemp creates 0600
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

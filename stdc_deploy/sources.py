@@ -1,0 +1,176 @@
+"""What ``stdc infer`` reads: images, folders, globs, path lists, videos, cameras, streams.
+
+:func:`resolve_source` turns the SOURCE argument into a :class:`Source`: a list of image
+and video files (with the folder their output names are made relative to), or one live
+stream. Image and video reading live here too, so every consumer decodes the same way.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import StdcError
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".ts"})
+LIST_SUFFIXES = frozenset({".txt", ".lst"})
+_STREAM = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+@dataclass
+class Source:
+    """Resolved inputs: files (``images``, ``videos``) or one live ``stream``."""
+
+    description: str
+    images: list[Path] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
+    stream: int | str | None = None
+    root: Path = Path(".")  # output names mirror the inputs' paths below this folder
+
+    def relative(self, path: Path) -> Path:
+        try:
+            return path.resolve().relative_to(self.root)
+        except ValueError:
+            return Path(path.name)
+
+
+def media_kind(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    return None
+
+
+def _files_source(description: str, paths: list[Path], root: Path | None = None) -> Source:
+    source = Source(description)
+    for path in paths:
+        kind = media_kind(path)
+        if kind == "image":
+            source.images.append(path)
+        elif kind == "video":
+            source.videos.append(path)
+        else:
+            known = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+            raise StdcError(f"unsupported file type '{path.suffix}' (images and videos: {known})", path)
+    files = [p.resolve() for p in paths]
+    if root is None:
+        root = Path(os.path.commonpath([p.parent for p in files])) if files else Path.cwd()
+    source.root = root.resolve()
+    return source
+
+
+def _read_list(path: Path) -> list[Path]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StdcError(f"cannot read the path list ({exc.__class__.__name__})", path) from None
+    paths = []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        entry = Path(line).expanduser()
+        entry = entry if entry.is_absolute() else path.parent / entry
+        if not entry.is_file():
+            raise StdcError(f"line {number}: no such file {line}", path)
+        paths.append(entry)
+    return paths
+
+
+def resolve_source(source: str, recursive: bool = False) -> Source:
+    """Interpret SOURCE: camera index, stream URL, glob, folder, path list, image or video."""
+    text = source.strip()
+    if text.isdigit():
+        return Source(f"camera {text}", stream=int(text))
+    if _STREAM.match(text):
+        return Source(text, stream=text)
+    if any(ch in text for ch in "*?["):
+        matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        matches = [p for p in matches if media_kind(p)]
+        if not matches:
+            raise StdcError(f"the pattern {text!r} matches no image or video")
+        return _files_source(f"{len(matches)} files matching {text}", matches)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise StdcError("no such file or folder", path)
+    if path.is_dir():
+        pattern = "**/*" if recursive else "*"
+        files = sorted(p for p in path.glob(pattern) if p.is_file() and media_kind(p) == "image")
+        if not files:
+            hint = "" if recursive else " (use --recursive to search subfolders)"
+            raise StdcError(f"no images in this folder{hint}", path)
+        return _files_source(f"{len(files)} images in {path}", files, root=path)
+    if path.suffix.lower() in LIST_SUFFIXES:
+        files = _read_list(path)
+        if not files:
+            raise StdcError("the path list is empty", path)
+        return _files_source(f"{len(files)} files listed in {path}", files)
+    result = _files_source(str(path), [path], root=path.parent)
+    return result
+
+
+def read_image(path: Path) -> np.ndarray:
+    """BGR uint8 HxWx3 (grey and alpha images converted); StdcError naming the file if unreadable."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise StdcError(f"cannot read ({exc.strerror or exc.__class__.__name__})", path) from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise StdcError("not a readable image (corrupt or unsupported encoding)", path)
+    return image
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    frame_count: int | None  # as the container reports it; None for live streams
+
+
+class VideoReader:
+    """Frames of a video file, camera or stream, in order, as BGR uint8 arrays."""
+
+    def __init__(self, source: str | int | Path):
+        self.source = source
+        self.name = str(source)
+        capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
+        if not capture.isOpened():
+            capture.release()
+            raise StdcError("cannot open this video (missing codec, corrupt file, or no such device)",
+                            self.name)
+        self._capture = capture
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        live = isinstance(source, int) or bool(_STREAM.match(str(source)))
+        self.info = VideoInfo(fps=fps if 0 < fps < 1000 else 30.0,
+                              width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                              height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                              frame_count=None if live or count <= 0 else count)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        while True:
+            ok, frame = self._capture.read()
+            if not ok:
+                return
+            yield frame
+
+    def close(self) -> None:
+        self._capture.release()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
