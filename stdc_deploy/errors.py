@@ -13,6 +13,7 @@ class StdcError(Exception):
     """A user-facing error: bad input, missing dependency, failed verification."""
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
+        self.message = message
         self.path = None if path is None else os.fspath(path)
         super().__init__(f"{self.path}: {message}" if self.path else message)
 

@@ -10,11 +10,12 @@ from .. import __version__
 from . import export
 from .common import State, setup_logging
 from .demo import demo
+from .infer import infer
 from .info import info
 
 app = typer.Typer(
     name="stdc",
-    help="Deploy STDC-Seg semantic segmentation: export, verify, inspect.",
+    help="Deploy STDC-Seg semantic segmentation: export, run, inspect.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -39,6 +40,7 @@ def main_callback(
 
 
 app.add_typer(export.app, name="export")
+app.command()(infer)
 app.command()(info)
 app.command()(demo)
 

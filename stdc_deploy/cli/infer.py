@@ -1,0 +1,150 @@
+"""`stdc infer`: segment images, folders, globs, path lists, videos, cameras and streams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..discovery import find_default_model
+from ..errors import StdcError
+from ..infer import InferOptions, InferReport, ProgressSink, parse_save, run_infer
+from ..postprocess import PROTOCOLS
+from ..segmenter import Segmenter
+from ..sources import resolve_source
+from .common import command, console, err_console, parse_size
+
+ModelOption = Annotated[Path | None, typer.Option(
+    "--model", "-m", help="Checkpoint, .onnx or engine. Default: the best artifact in engines/ or models/.")]
+BackendOption = Annotated[str | None, typer.Option(
+    "--backend", help="torch, onnxruntime or openvino (default: the fastest available for the model and device).")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if usable).")]
+PrecisionOption = Annotated[str, typer.Option(
+    "--precision", help="fp32; bf16 (OpenVINO on CPUs with bf16, agreement reported); fp16 (PyTorch CUDA).")]
+
+
+class _RichProgress(ProgressSink):
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task = None
+
+    def start(self, description: str, total: int | None) -> None:
+        if not self.enabled:
+            return
+        if self._progress is None:
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                      console=err_console, transient=False)
+            self._progress.start()
+        self._task = self._progress.add_task(description, total=total, rate="")
+
+    def advance(self, count: int = 1) -> None:
+        if self._progress is not None and self._task is not None:
+            task = self._progress.tasks[-1]
+            speed = task.speed
+            self._progress.update(self._task, advance=count, rate=f"{speed:.1f} frames/s" if speed else "")
+
+    def error(self, name: str, reason: str) -> None:
+        (self._progress.console if self._progress else err_console).print(
+            f"[bold red]error:[/] {name}: {reason}", highlight=False, soft_wrap=True)
+
+    def finish(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _report_precision(segmenter: Segmenter, model: Path, size: tuple[int, int] | None, device: str | None) -> None:
+    """Reduced precision: label agreement against FP32 on a reference frame, stated up front."""
+    from ..synthetic import synthetic_images
+
+    frame = synthetic_images(1, *segmenter.input_size, seed=7)[0]
+    reduced = segmenter.predict(frame)
+    with Segmenter(model, backend=segmenter.backend.name, device=device, size=size,
+                   protocol=segmenter.protocol) as reference:
+        agreement = float((reference.predict(frame) == reduced).mean())
+    console.print(f"{segmenter.backend.precision} vs fp32 label agreement on a reference frame: "
+                  f"{agreement * 100:.2f}%", highlight=False)
+
+
+def _summary(report: InferReport) -> None:
+    times = report.times
+    if report.frames:
+        console.print(f"{report.frames} frames in {report.seconds:.1f} s ({report.fps:.1f} frames/s end to end); "
+                      f"{times.describe()}", highlight=False)
+    if report.failed:
+        err_console.print(f"{len(report.failed)} input(s) failed: "
+                          + ", ".join(name for name, _ in report.failed[:5])
+                          + (" ..." if len(report.failed) > 5 else ""), highlight=False)
+
+
+@command
+def infer(
+    source: Annotated[str, typer.Argument(
+        help="Image, folder, glob ('data/*.png'), .txt list of paths, video file, camera index (0) or stream URL.")],
+    model: ModelOption = None,
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-d", help="Folder for the outputs.")] = Path("outputs"),
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output video file, for one video or stream (default: OUT_DIR/NAME_overlay.mp4).")] = None,
+    save: Annotated[str | None, typer.Option(
+        "--save", help="Comma-separated: mask (uint8 train-id PNG), color (palette), overlay. "
+                       "Default: mask,overlay for images; overlay video for videos.")] = None,
+    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the colours in overlays, 0-1.")] = 0.5,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Frames per inference call.")] = 1,
+    backend: BackendOption = None,
+    device: DeviceOption = None,
+    precision: PrecisionOption = "fp32",
+    size: Annotated[str | None, typer.Option(
+        "--size", "-s", help="Network input HxW for dynamic models and checkpoints (default: the export size).")] = None,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="official: bilinear logits then argmax (exact); fast: argmax then nearest.")] = "official",
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders recursively.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
+    max_frames: Annotated[int | None, typer.Option(
+        "--max-frames", help="Stop after N frames of a video, camera or stream.")] = None,
+    benchmark: Annotated[bool, typer.Option(
+        "--benchmark", help="Also time the model alone on this backend and report end-to-end vs model-only FPS.")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Segment SOURCE and write label masks, colour masks, overlays or videos.
+
+    Unreadable images are named and skipped (exit code 1 at the end); existing outputs are
+    never replaced without --overwrite; Ctrl-C leaves a playable video of the frames done.
+    """
+    if protocol not in PROTOCOLS:
+        raise StdcError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    options = InferOptions(out_dir=out_dir, output=output, save=parse_save(save), alpha=alpha, batch=batch,
+                           overwrite=overwrite, max_frames=max_frames)
+    resolved = resolve_source(source, recursive=recursive)
+    if model is None:
+        choice = find_default_model()
+        console.print(f"model: {choice.path} ({choice.reason})", highlight=False)
+        for note in choice.skipped:
+            console.print(f"  {note}", highlight=False)
+        model = choice.path
+    input_size = parse_size(size) if size else None
+    with Segmenter(model, backend=backend, device=device, precision=precision, size=input_size,
+                   protocol=protocol) as segmenter:
+        console.print(f"{resolved.description}: {segmenter.describe()}", highlight=False)
+        if precision != "fp32":
+            _report_precision(segmenter, model, input_size, device)
+        model_only_before = segmenter.model_only_fps(batch=batch) if benchmark else None
+        report = run_infer(segmenter, resolved, options, progress=_RichProgress(progress))
+        _summary(report)
+        if benchmark and report.frames and not report.interrupted:
+            model_only = (model_only_before + segmenter.model_only_fps(batch=batch)) / 2
+            console.print(f"benchmark ({segmenter.backend.describe()}, batch {batch}): end to end "
+                          f"{report.fps:.2f} FPS, model only {model_only:.2f} FPS (mean of before and after) "
+                          f"-> {report.fps / model_only * 100:.1f}%", highlight=False)
+    if report.written:
+        shown = [str(p) for p in report.written if not p.parent.name.endswith("_masks")][:3]
+        more = len(report.written) - len(shown)
+        console.print(f"wrote {', '.join(shown)}" + (f" and {more} more" if more else ""), highlight=False)
+    if report.interrupted:
+        err_console.print("interrupted: outputs so far are complete files", highlight=False)
+        raise typer.Exit(130)
+    if report.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,287 @@
+"""`stdc infer`: segment images, folders, globs, path lists, videos, cameras and streams.
+
+Outputs mirror the inputs' names below the output folder:
+
+| input | ``mask`` | ``color`` | ``overlay`` |
+|---|---|---|---|
+| image ``a/b.jpg`` | ``a/b_mask.png`` (uint8 train ids) | ``a/b_color.png`` | ``a/b_overlay.jpg`` |
+| video ``v.mp4`` | ``v_masks/000000.png`` ... | ``v_color.mp4`` | ``v_overlay.mp4`` |
+
+Every file is written under a temporary name and renamed when complete; existing outputs
+are never replaced without ``overwrite``. Unreadable images are reported and skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import StdcError
+from .outputs import FOURCC, AtomicVideoWriter, write_image
+from .segmenter import Frame, Prediction, Segmenter, StageTimes
+from .sources import Source, VideoReader, read_image
+
+SAVE_KINDS = ("mask", "color", "overlay")
+DEFAULT_IMAGE_SAVE = ("mask", "overlay")
+DEFAULT_VIDEO_SAVE = ("overlay",)
+
+
+def parse_save(text: str | None) -> tuple[str, ...] | None:
+    """``mask,color,overlay`` (any subset) -> tuple; None keeps the per-input defaults."""
+    if text is None:
+        return None
+    kinds = tuple(dict.fromkeys(k.strip().lower() for k in text.split(",") if k.strip()))
+    unknown = [k for k in kinds if k not in SAVE_KINDS]
+    if unknown or not kinds:
+        raise StdcError(f"--save {text!r}: choose from {', '.join(SAVE_KINDS)} (comma-separated)")
+    return kinds
+
+
+@dataclass
+class InferOptions:
+    out_dir: Path = Path("outputs")
+    output: Path | None = None  # exact output video path, for one video or stream
+    save: tuple[str, ...] | None = None
+    alpha: float = 0.5
+    batch: int = 1
+    overwrite: bool = False
+    max_frames: int | None = None  # for cameras and streams (and to cut videos short)
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise StdcError(f"--alpha must be within 0..1, got {self.alpha}")
+        if self.batch < 1:
+            raise StdcError(f"--batch must be >= 1, got {self.batch}")
+
+
+@dataclass
+class InferReport:
+    frames: int = 0  # frames segmented
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    written: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0  # wall time of the pipelines
+    times: StageTimes | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+class ProgressSink:
+    """What the runner reports to (the CLI draws a progress bar; the default is silent)."""
+
+    def start(self, description: str, total: int | None) -> None: ...
+
+    def advance(self, count: int = 1) -> None: ...
+
+    def error(self, name: str, reason: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass
+class _VideoPlan:
+    source: Path | int | str
+    name: str
+    overlay: Path | None
+    color: Path | None
+    masks: Path | None
+
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.overlay, self.color, self.masks) if p is not None]
+
+
+def _image_outputs(path: Path, source: Source, out_dir: Path, save: tuple[str, ...]) -> dict[str, Path]:
+    rel = source.relative(path)
+    base = out_dir / rel.parent / rel.stem
+    overlay_suffix = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    names = {"mask": "_mask.png", "color": "_color.png", "overlay": f"_overlay{overlay_suffix}"}
+    return {kind: base.with_name(base.name + names[kind]) for kind in save}
+
+
+def _stream_stem(stream: int | str) -> str:
+    if isinstance(stream, int):
+        return f"camera{stream}"
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", stream.split("://", 1)[-1]).strip("_")
+    return stem[:60] or "stream"
+
+
+def _video_plan(source_path: Path | int | str, stem: str, out_dir: Path, options: InferOptions,
+                save: tuple[str, ...]) -> _VideoPlan:
+    suffix = ".mp4"
+    if isinstance(source_path, Path) and source_path.suffix.lower() in FOURCC:
+        suffix = source_path.suffix.lower()
+    overlay = out_dir / f"{stem}_overlay{suffix}" if "overlay" in save else None
+    color = out_dir / f"{stem}_color{suffix}" if "color" in save else None
+    if options.output is not None:
+        if "overlay" in save:
+            overlay = options.output
+        elif "color" in save:
+            color = options.output
+    masks = out_dir / f"{stem}_masks" if "mask" in save else None
+    return _VideoPlan(source_path, str(source_path), overlay, color, masks)
+
+
+def _exists(path: Path) -> bool:
+    return path.is_file() or (path.is_dir() and any(path.iterdir()))
+
+
+def plan_outputs(source: Source, options: InferOptions) -> tuple[list[tuple[Path, dict[str, Path]]], list[_VideoPlan]]:
+    """Every output path, decided before any work; refuses to replace existing outputs."""
+    if options.output is not None and (len(source.videos) + (source.stream is not None) != 1 or source.images):
+        raise StdcError("--output names one video file; for several inputs use --out-dir")
+    if options.output is not None and options.output.suffix.lower() not in FOURCC:
+        raise StdcError(f"--output must end in a video suffix ({', '.join(sorted(FOURCC))})", options.output)
+    images = [(p, _image_outputs(p, source, options.out_dir, options.save or DEFAULT_IMAGE_SAVE))
+              for p in source.images]
+    video_save = options.save or DEFAULT_VIDEO_SAVE
+    videos = []
+    for path in source.videos:
+        rel = source.relative(path)
+        videos.append(_video_plan(path, str(rel.parent / rel.stem), options.out_dir, options, video_save))
+    if source.stream is not None:
+        videos.append(_video_plan(source.stream, _stream_stem(source.stream), options.out_dir, options, video_save))
+    everything = [p for _, outs in images for p in outs.values()] + [p for v in videos for p in v.outputs()]
+    inputs = {p.resolve() for p in source.images + source.videos}
+    clash = next((p for p in everything if p.resolve() in inputs), None)
+    if clash is not None:
+        raise StdcError("an output would replace this input; choose another --out-dir", clash)
+    if len(set(everything)) != len(everything):
+        raise StdcError("two inputs map to the same output name; give them separate runs or folders")
+    if not options.overwrite:
+        existing = [p for p in everything if _exists(p)]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise StdcError(f"output exists{more}; pass --overwrite to replace, or choose another --out-dir",
+                            existing[0])
+    return images, videos
+
+
+def _read_frames(paths: list[Path]) -> Iterator[Frame]:
+    for index, path in enumerate(paths):
+        try:
+            yield Frame(index, read_image(path), str(path))
+        except StdcError as exc:
+            yield Frame(index, None, str(path), error=exc.message)
+
+
+def run_images(segmenter: Segmenter, plans: list[tuple[Path, dict[str, Path]]], options: InferOptions,
+               report: InferReport, progress: ProgressSink) -> None:
+    paths = [p for p, _ in plans]
+    outputs = dict(plans)
+    progress.start(f"{len(paths)} images", len(paths))
+
+    def on_error(frame: Frame) -> None:
+        report.failed.append((frame.name, frame.error or "unreadable"))
+        progress.error(frame.name, frame.error or "unreadable")
+        progress.advance()
+
+    for prediction in segmenter.stream(_read_frames(paths), batch=options.batch, on_error=on_error):
+        if not prediction.ok:
+            continue
+        start = time.perf_counter()
+        _save_image_outputs(segmenter, prediction, outputs[Path(prediction.frame.name)], options, report)
+        segmenter.times.add("write", time.perf_counter() - start)
+        report.frames += 1
+        progress.advance()
+
+
+def _save_image_outputs(segmenter: Segmenter, prediction: Prediction, outputs: dict[str, Path],
+                        options: InferOptions, report: InferReport) -> None:
+    image, labels = prediction.frame.image, prediction.labels
+    for kind, path in outputs.items():
+        if kind == "mask":
+            picture = labels
+        elif kind == "color":
+            picture = segmenter.colorize(labels)
+        else:
+            picture = segmenter.overlay(image, labels, options.alpha)
+        report.written.append(write_image(path, picture))
+
+
+def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, report: InferReport,
+              progress: ProgressSink) -> None:
+    reader = VideoReader(plan.source)
+    info = reader.info
+    total = info.frame_count
+    if options.max_frames is not None:
+        total = min(total, options.max_frames) if total is not None else options.max_frames
+    writers: dict[str, AtomicVideoWriter] = {}
+    finished = False
+    done = 0
+    try:
+        for kind in ("overlay", "color"):
+            path = getattr(plan, kind)
+            if path is not None:
+                writers[kind] = AtomicVideoWriter(path, info.fps, (info.width, info.height))
+        if plan.masks is not None:
+            plan.masks.mkdir(parents=True, exist_ok=True)
+        progress.start(plan.name, total)
+        frames = (Frame(i, image, plan.name) for i, image in enumerate(reader))
+        if options.max_frames is not None:
+            frames = _take(frames, options.max_frames)
+        for prediction in segmenter.stream(frames, batch=options.batch):
+            start = time.perf_counter()
+            image, labels = prediction.frame.image, prediction.labels
+            if "overlay" in writers:
+                writers["overlay"].write(segmenter.overlay(image, labels, options.alpha))
+            if "color" in writers:
+                writers["color"].write(segmenter.colorize(labels))
+            if plan.masks is not None:
+                report.written.append(write_image(plan.masks / f"{prediction.frame.index:06d}.png", labels))
+            segmenter.times.add("write", time.perf_counter() - start)
+            done += 1
+            report.frames += 1
+            progress.advance()
+        finished = True
+    except KeyboardInterrupt:
+        report.interrupted = True
+        finished = True  # keep what was done: a playable video of the frames so far
+    finally:
+        reader.close()
+        for writer in writers.values():
+            kept = writer.close(keep=finished)
+            if kept is not None:
+                report.written.append(kept)
+    if total is not None and options.max_frames is None and not report.interrupted and done < total:
+        progress.error(plan.name, f"the container announced {total} frames but {done} could be decoded")
+
+
+def _take(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
+    for frame in frames:
+        if frame.index >= count:
+            return
+        yield frame
+
+
+def run_infer(segmenter: Segmenter, source: Source, options: InferOptions,
+              progress: ProgressSink | None = None, on_start: Callable[[], None] | None = None) -> InferReport:
+    """Segment everything in ``source``; Ctrl-C ends early with ``report.interrupted`` set."""
+    progress = progress or ProgressSink()
+    images, videos = plan_outputs(source, options)
+    single = len(images) + len(videos) == 1
+    report = InferReport(times=segmenter.times)
+    start = time.perf_counter()
+    try:
+        if images:
+            run_images(segmenter, images, options, report, progress)
+        for plan in videos:
+            if report.interrupted:
+                break
+            try:
+                run_video(segmenter, plan, options, report, progress)
+            except StdcError as exc:
+                if single:
+                    raise
+                report.failed.append((plan.name, exc.message))
+                progress.error(plan.name, exc.message)
+    except KeyboardInterrupt:
+        report.interrupted = True
+    finally:
+        report.seconds = time.perf_counter() - start
+        progress.finish()
+    return report
