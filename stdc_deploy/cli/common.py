@@ -13,8 +13,8 @@ from rich.console import Console
 
 from ..errors import StdcError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # long paths stay on one line (and greppable)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class State:
