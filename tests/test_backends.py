@@ -7,12 +7,12 @@ import torch
 from stdc_deploy.backends import BACKENDS_FOR_KIND, artifact_kind, available_backends, open_backend
 from stdc_deploy.checkpoint import load_model
 from stdc_deploy.errors import StdcError
-from stdc_deploy.export import OnnxExportOptions, export_onnx
+from stdc_deploy.export import OnnxExportOptions, export_onnx, export_torchscript
 from stdc_deploy.preprocess import normalize
 from stdc_deploy.synthetic import synthetic_images
 from stdc_deploy.verify import compare_logits
 
-CASES = [("checkpoint", "torch", "fp32"), ("onnx", "onnxruntime", "fp32"),
+CASES = [("checkpoint", "torch", "fp32"), ("torchscript", "torch", "fp32"), ("onnx", "onnxruntime", "fp32"),
          ("onnx", "openvino", "fp32"), ("onnx", "openvino", "bf16")]
 
 
@@ -22,7 +22,8 @@ def artifacts(official_checkpoints, tmp_path_factory):
     onnx_path = tmp_path_factory.mktemp("backends") / "stdc1.onnx"
     model, info = load_model(ckpt)
     export_onnx(model, onnx_path, OnnxExportOptions(height=64, width=128, batch=2), checkpoint=info)
-    return {"checkpoint": ckpt, "onnx": onnx_path, "model": model}
+    ts_path = export_torchscript(model, onnx_path.with_suffix(".ts"), 64, 128, checkpoint=info).path
+    return {"checkpoint": ckpt, "onnx": onnx_path, "torchscript": ts_path, "model": model}
 
 
 @pytest.mark.parametrize("kind, backend, precision", CASES)
@@ -50,6 +51,7 @@ def test_backend_contract(artifacts, kind, backend, precision):
 
 def test_automatic_choice_on_cpu(artifacts):
     assert open_backend(artifacts["checkpoint"], device="cpu").name == "torch"
+    assert open_backend(artifacts["torchscript"], device="cpu").name == "torch"
     assert open_backend(artifacts["onnx"], device="cpu").name == "onnxruntime"
     if "openvino" in available_backends("onnx"):
         assert open_backend(artifacts["onnx"], device="cpu", precision="bf16").name == "openvino"
@@ -80,4 +82,20 @@ def test_unknown_files(tmp_path):
         artifact_kind(tmp_path / "model.txt")
     with pytest.raises(StdcError, match="no such file"):
         open_backend(tmp_path / "absent.onnx")
-    assert set(BACKENDS_FOR_KIND) == {"checkpoint", "onnx", "engine"}
+    assert set(BACKENDS_FOR_KIND) == {"checkpoint", "torchscript", "onnx", "engine"}
+
+
+def test_torchscript_carries_metadata_and_runs_at_any_size(artifacts, tmp_path):
+    from stdc_deploy.backends import artifact_metadata
+
+    meta = artifact_metadata(artifacts["torchscript"])
+    assert (meta.arch, meta.num_classes, meta.dynamic, meta.opt_height, meta.opt_width) == ("stdc1", 19, True, 64, 128)
+    assert meta.checkpoint_sha256 is not None
+    loaded = torch.jit.load(str(artifacts["torchscript"]))  # plain LibTorch loading, no stdc_deploy involved
+    x = torch.from_numpy(normalize(synthetic_images(3, 80, 100, seed=3)))
+    with torch.no_grad():
+        assert compare_logits(artifacts["model"](x).numpy(), loaded(x).numpy()).max_abs_error < 1e-4
+    bogus = tmp_path / "bogus.ts"
+    bogus.write_bytes(b"not a zip")
+    with pytest.raises(StdcError, match="bogus.ts: not a readable TorchScript archive"):
+        artifact_metadata(bogus)

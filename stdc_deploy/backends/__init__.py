@@ -3,6 +3,7 @@
 | artifact | backends |
 |---|---|
 | checkpoint (.pth, .pt, .tar, .ckpt) | torch (CPU, CUDA) |
+| TorchScript (.ts, .torchscript) | torch (CPU, CUDA) |
 | .onnx | onnxruntime (CPU, CUDA with onnxruntime-gpu), openvino (CPU) |
 | .engine / .plan | tensorrt (see `stdc build-engine`) |
 """
@@ -16,6 +17,7 @@ from ..checkpoint import inspect_checkpoint, read_state_dict
 from ..errors import MissingDependencyError, StdcError
 from ..export.metadata import ArtifactMetadata
 from ..export.onnx import read_onnx_metadata
+from ..export.torchscript import read_torchscript_metadata
 from .base import PRECISIONS, Backend, InputSpec
 from .onnxruntime_backend import OnnxRuntimeBackend
 from .openvino_backend import OpenVinoBackend
@@ -24,10 +26,11 @@ from .torch_backend import TorchBackend
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, OnnxRuntimeBackend, OpenVinoBackend)}
 
 KINDS = {".pth": "checkpoint", ".pt": "checkpoint", ".tar": "checkpoint", ".ckpt": "checkpoint",
-         ".onnx": "onnx", ".engine": "engine", ".plan": "engine"}
+         ".ts": "torchscript", ".torchscript": "torchscript", ".onnx": "onnx", ".engine": "engine", ".plan": "engine"}
 # per artifact kind, in order of preference (measured on CPU: ONNX Runtime FP32 is faster
 # than OpenVINO FP32 on this project's machines; OpenVINO BF16 is offered as a precision)
-BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "onnx": ("onnxruntime", "openvino"), "engine": ("tensorrt",)}
+BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "torchscript": ("torch",), "onnx": ("onnxruntime", "openvino"),
+                     "engine": ("tensorrt",)}
 _MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
@@ -55,6 +58,8 @@ def artifact_metadata(path: str | Path) -> ArtifactMetadata:
     kind = artifact_kind(path)
     if kind == "onnx":
         return read_onnx_metadata(path)
+    if kind == "torchscript":
+        return read_torchscript_metadata(path)
     if kind == "checkpoint":
         _, info = inspect_checkpoint(read_state_dict(path), path=path)
         return ArtifactMetadata(arch=info.arch, num_classes=info.num_classes, input_height=None, input_width=None,

@@ -1,4 +1,4 @@
-"""PyTorch eager backend for checkpoints: CPU, or CUDA with FP16 and channels_last."""
+"""PyTorch backend for checkpoints (eager) and TorchScript: CPU, or CUDA with FP16 and channels_last."""
 
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ class TorchBackend(Backend):
             raise StdcError("device cuda requested but PyTorch sees no CUDA GPU")
         if self.precision == "fp16" and not self.device.startswith("cuda"):
             raise StdcError("fp16 with PyTorch needs --device cuda (use bf16 on the CPU)")
-        model, _ = load_model(self.artifact)
+        if self.artifact.suffix.lower() in (".ts", ".torchscript"):
+            try:
+                model = torch.jit.load(str(self.artifact), map_location="cpu")
+            except RuntimeError as exc:
+                raise StdcError(f"not a loadable TorchScript program ({str(exc).splitlines()[0]})",
+                                self.artifact) from None
+        else:
+            model, _ = load_model(self.artifact)
         self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
         model = model.to(self.device, dtype=self._dtype)
         if self.device.startswith("cuda"):

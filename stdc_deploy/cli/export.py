@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 
 from ..checkpoint import load_model
-from ..export import OnnxExportOptions, export_onnx
+from ..export import OnnxExportOptions, export_onnx, export_torchscript
 from ..verify import Tolerance
 from .common import ArchOption, NumClassesOption, OutputOption, SizeOption, command, console, parse_size
 
-app = typer.Typer(help="Export a checkpoint to ONNX.", no_args_is_help=True)
+app = typer.Typer(help="Export a checkpoint to ONNX or TorchScript.", no_args_is_help=True)
 
 MODELS_DIR = Path("models")
 
@@ -60,3 +60,28 @@ def onnx_command(
     verb = "Replaced" if replacing else "Wrote"
     console.print(f"{verb} {result.path} ({result.size_bytes / 2**20:.1f} MiB, {result.metadata.input_size}, "
                   f"opset {opset}) in {result.export_seconds:.1f} s", highlight=False)
+
+
+@app.command("torchscript")
+@command
+def torchscript_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Official, wrapped or MMSeg STDC-Seg checkpoint.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: models/CHECKPOINT-ARCH.ts).")] = None,
+    size: Annotated[str, typer.Option("--size", "-s", help="Trace and verification size HxW (the program runs at any size).")] = "512x1024",
+    arch: ArchOption = None,
+    num_classes: NumClassesOption = None,
+) -> None:
+    """Export CHECKPOINT to TorchScript for LibTorch (Python or C++), verified against PyTorch.
+
+    Runs at any batch and input size; metadata in the extra file `stdc_metadata.json`.
+    """
+    height, width = parse_size(size)
+    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
+    output = output or MODELS_DIR / f"{checkpoint.stem}-{info.arch}.ts"
+    replacing = output.exists()
+    with console.status("Tracing and verifying..."):
+        result = export_torchscript(model, output, height, width, checkpoint=info)
+    for report in result.parity:
+        console.print(f"  verified (TorchScript vs PyTorch) {report.describe()}", highlight=False)
+    console.print(f"{'Replaced' if replacing else 'Wrote'} {result.path} ({result.size_bytes / 2**20:.1f} MiB) "
+                  f"in {result.export_seconds:.1f} s", highlight=False)

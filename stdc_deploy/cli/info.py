@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from ..checkpoint import inspect_checkpoint, read_state_dict
-from ..export import read_onnx_metadata
+from ..backends import artifact_kind, artifact_metadata
+from ..errors import StdcError
 from .common import command, console
 
 
@@ -24,14 +25,17 @@ def _table(title: str, rows: dict[str, object]) -> Table:
 
 
 @command
-def info(artifact: Annotated[Path, typer.Argument(help="An .onnx file or a checkpoint.")],
+def info(artifact: Annotated[Path, typer.Argument(help="An .onnx or TorchScript file, or a checkpoint.")],
          as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False) -> None:
-    """Print an artifact's metadata (ONNX) or what a checkpoint holds."""
-    if artifact.suffix.lower() == ".onnx":
-        meta = read_onnx_metadata(artifact)
+    """Print an artifact's metadata (ONNX, TorchScript) or what a checkpoint holds."""
+    if not artifact.exists():
+        raise StdcError("no such file", artifact)
+    kind = artifact_kind(artifact)
+    if kind in ("onnx", "torchscript"):
+        meta = artifact_metadata(artifact)
         rows = {k: v for k, v in vars(meta).items()}
         rows["class_names"] = list(meta.class_names)
-        title = f"{artifact} (ONNX)"
+        title = f"{artifact} ({'ONNX' if kind == 'onnx' else 'TorchScript'})"
     else:
         _, ckpt = inspect_checkpoint(read_state_dict(artifact), path=artifact)
         rows = dict(vars(ckpt))
