@@ -18,7 +18,10 @@ _PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 
 def encode_image(path: Path, image: np.ndarray) -> bytes:
     params = _PNG_FAST if path.suffix.lower() == ".png" else []
-    ok, data = cv2.imencode(path.suffix, image, params)
+    try:
+        ok, data = cv2.imencode(path.suffix, image, params)
+    except cv2.error:
+        ok = False
     if not ok:
         raise StdcError("cannot encode an image in this format", path)
     return data.tobytes()
@@ -53,7 +56,14 @@ class AtomicVideoWriter:
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:
-        if (frame.shape[1], frame.shape[0]) != self.size:  # OpenCV would drop it silently
+        # OpenCV drops frames of another size or channel count silently: convert them
+        if frame.ndim == 2 or frame.shape[2] == 1:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        elif frame.shape[2] == 4:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+        if frame.dtype != np.uint8:
+            raise StdcError(f"video frames must be uint8, got {frame.dtype}", self.path)
+        if (frame.shape[1], frame.shape[0]) != self.size:
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_LINEAR)
         self._writer.write(frame)
         self.frames += 1

@@ -94,7 +94,7 @@ def resolve_source(source: str, recursive: bool = False) -> Source:
         return Source(f"camera {text}", stream=int(text))
     if _STREAM.match(text):
         return Source(text, stream=text)
-    if any(ch in text for ch in "*?["):
+    if any(ch in text for ch in "*?[") and not Path(text).expanduser().exists():
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
         matches = [p for p in matches if media_kind(p)]
         if not matches:
@@ -105,11 +105,11 @@ def resolve_source(source: str, recursive: bool = False) -> Source:
         raise StdcError("no such file or folder", path)
     if path.is_dir():
         pattern = "**/*" if recursive else "*"
-        files = sorted(p for p in path.glob(pattern) if p.is_file() and media_kind(p) == "image")
+        files = sorted(p for p in path.glob(pattern) if p.is_file() and media_kind(p))
         if not files:
             hint = "" if recursive else " (use --recursive to search subfolders)"
-            raise StdcError(f"no images in this folder{hint}", path)
-        return _files_source(f"{len(files)} images in {path}", files, root=path)
+            raise StdcError(f"no images or videos in this folder{hint}", path)
+        return _files_source(f"{len(files)} files in {path}", files, root=path)
     if path.suffix.lower() in LIST_SUFFIXES:
         files = _read_list(path)
         if not files:

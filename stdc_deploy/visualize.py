@@ -12,9 +12,12 @@ def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """HxW integer labels -> HxWx3 BGR uint8 using the class palette (out-of-range ids black)."""
     lut = np.zeros((256, 3), np.uint8)
     lut[:num_classes] = palette(num_classes)[:, ::-1]
-    if labels.dtype != np.uint8:
-        labels = np.clip(labels, 0, 255).astype(np.uint8)
-    return np.take(lut, labels, axis=0)
+    if labels.dtype == np.uint8:
+        return np.take(lut, labels, axis=0)
+    outside = (labels < 0) | (labels >= num_classes)  # e.g. -1 / 255 ignore labels
+    picture = np.take(lut, np.where(outside, 0, labels).astype(np.intp), axis=0)
+    picture[outside] = 0
+    return picture
 
 
 def overlay(image_bgr: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
