@@ -13,11 +13,8 @@ from pathlib import Path
 
 import cv2
 
-from stdc_deploy import StdcError, load_model
-from stdc_deploy.backends import open_backend
-from stdc_deploy.export import OnnxExportOptions, export_onnx, read_onnx_metadata
-from stdc_deploy.preprocess import normalize
-from stdc_deploy.visualize import overlay
+from stdc_deploy import Segmenter, StdcError, load_model
+from stdc_deploy.export import OnnxExportOptions, export_onnx
 
 
 def main() -> int:
@@ -38,19 +35,17 @@ def main() -> int:
         return 1
     print(f"{result.path}: {result.parity[0].describe()}")
 
-    meta = read_onnx_metadata(result.path)  # mean/std, size and classes travel with the model
     image = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
     if image is None:
         print(f"error: {args.image}: not a readable image")
         return 1
-    x = normalize(image, meta.mean, meta.std, size=(meta.input_height, meta.input_width))
-    with open_backend(result.path) as backend:  # fastest installed runtime for this file
-        logits = backend.infer(x)
-    labels = logits[0].argmax(0).astype("uint8")
-    labels = cv2.resize(labels, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-    out = args.out_dir / f"{args.image.stem}_overlay.png"
-    cv2.imwrite(str(out), overlay(image, labels, meta.num_classes))
-    print(f"{out}: {len(set(labels.flatten().tolist()))} classes present")
+    # mean/std, input size and classes travel with the model; the fastest installed runtime runs it
+    with Segmenter(result.path) as segmenter:
+        labels = segmenter.predict(image)  # HxW uint8 train ids at the image's size (official protocol)
+        out = args.out_dir / f"{args.image.stem}_overlay.png"
+        cv2.imwrite(str(out), segmenter.overlay(image, labels))
+    names = [segmenter.class_names[c] for c in sorted(set(labels.flatten().tolist()))]
+    print(f"{out}: {len(names)} classes present ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
     return 0
 
 

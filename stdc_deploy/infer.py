@@ -9,6 +9,8 @@ Outputs mirror the inputs' names below the output folder:
 
 Every file is written under a temporary name and renamed when complete; existing outputs
 are never replaced without ``overwrite``. Unreadable images are reported and skipped.
+Images get the official post-processing protocol by default and videos the fast one
+(real time; it differs only along label boundaries): see :mod:`stdc_deploy.postprocess`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class InferOptions:
     batch: int = 1
     overwrite: bool = False
     max_frames: int | None = None  # for cameras and streams (and to cut videos short)
+    protocol: str | None = None  # None: official for images, fast for videos and streams
+
+    def protocol_for(self, kind: str) -> str:
+        return self.protocol or ("official" if kind == "image" else "fast")
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -174,6 +180,7 @@ def run_images(segmenter: Segmenter, plans: list[tuple[Path, dict[str, Path]]], 
     paths = [p for p, _ in plans]
     outputs = dict(plans)
     progress.start(f"{len(paths)} images", len(paths))
+    segmenter.protocol = options.protocol_for("image")
 
     def on_error(frame: Frame) -> None:
         report.failed.append((frame.name, frame.error or "unreadable"))
@@ -221,6 +228,7 @@ def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, rep
         if plan.masks is not None:
             plan.masks.mkdir(parents=True, exist_ok=True)
         progress.start(plan.name, total)
+        segmenter.protocol = options.protocol_for("video")
         frames = (Frame(i, image, plan.name) for i, image in enumerate(reader))
         if options.max_frames is not None:
             frames = _take(frames, options.max_frames)

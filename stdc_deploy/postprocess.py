@@ -33,18 +33,30 @@ def argmax_classes(logits: np.ndarray) -> np.ndarray:
     faster than ``numpy.argmax(axis=0)`` on 19x512x1024. Since classes are visited in
     increasing order, ``labels = max(labels, c where this class beats the best so far)``.
     """
+    return _argmax(logits, runner_up=False)[0]
+
+
+def _argmax(logits: np.ndarray, runner_up: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Argmax labels and, with ``runner_up``, the largest logit among the other classes."""
     if logits.shape[0] > 256 or logits.dtype != np.float32:
-        return logits.argmax(0).astype(np.uint8 if logits.shape[0] <= 256 else np.uint16)
+        labels = logits.argmax(0).astype(np.uint8 if logits.shape[0] <= 256 else np.uint16)
+        second = np.sort(logits, axis=0)[-2] if runner_up and logits.shape[0] > 1 else None
+        return labels, second
     logits = np.ascontiguousarray(logits)
     best = logits[0].copy()
     labels = np.zeros(logits.shape[1:], np.uint8)
     greater = np.empty(logits.shape[1:], np.uint8)
+    second = np.full(logits.shape[1:], -np.inf, np.float32) if runner_up else None
+    smaller = np.empty_like(best) if runner_up else None
     for c in range(1, logits.shape[0]):
+        if runner_up:  # the loser of (best so far, this class) competes for second place
+            cv2.min(best, logits[c], dst=smaller)
+            cv2.max(second, smaller, dst=second)
         cv2.compare(logits[c], best, cv2.CMP_GT, dst=greater)  # 255 where greater
         cv2.max(best, logits[c], dst=best)
         np.bitwise_and(greater, np.uint8(c), out=greater)
         cv2.max(labels, greater, dst=labels)
-    return labels
+    return labels, second
 
 
 @functools.lru_cache(maxsize=16)
@@ -88,11 +100,11 @@ def labels_official(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(C, h, w) logits -> (H, W) labels: bilinear align_corners=True resize, then argmax."""
     num_classes, h, w = logits.shape
     height, width = size
-    low = argmax_classes(logits)
     if (h, w) == (height, width):
-        return low
-    if num_classes > 255 or h < 2 or w < 2:  # no free marker value / degenerate: plain resize
+        return argmax_classes(logits)
+    if num_classes > 255 or num_classes < 2 or h < 2 or w < 2:  # no free marker value / degenerate
         return _resize_then_argmax(logits, size)
+    low, second = _argmax(logits, runner_up=True)
     # cell (i, j) is uniform when its corners (i|i+1, j|j+1) share a label: max == min there
     hi = cv2.dilate(low, _CORNERS, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
     lo = cv2.erode(low, _CORNERS, anchor=(0, 0), borderType=cv2.BORDER_REPLICATE)
@@ -101,15 +113,45 @@ def labels_official(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = _gather(cell, size, nearest=False)
     ys, xs = np.nonzero(out == 255)
     if len(ys):
-        y0, y1, wy = _align_corners_grid(h, height)
-        x0, x1, wx = _align_corners_grid(w, width)
-        a0, a1, b0, b1 = y0[ys], y1[ys], x0[xs], x1[xs]
-        fy, fx = wy[ys], wx[xs]
-        flat = np.ascontiguousarray(logits).reshape(num_classes, h * w)
-        top = flat[:, a0 * w + b0] * (1 - fx) + flat[:, a0 * w + b1] * fx
-        bottom = flat[:, a1 * w + b0] * (1 - fx) + flat[:, a1 * w + b1] * fx
-        out[ys, xs] = (top * (1 - fy) + bottom * fy).argmax(0)
+        out[ys, xs] = _boundary_labels(np.ascontiguousarray(logits), low, second, ys, xs, size)
     return out
+
+
+def _boundary_labels(logits: np.ndarray, low: np.ndarray, second: np.ndarray, ys: np.ndarray, xs: np.ndarray,
+                     size: tuple[int, int]) -> np.ndarray:
+    """Exact labels of boundary pixels, scoring only the classes that can win.
+
+    Candidates are the argmax classes of the four corners. Every other class k has, at
+    each corner, a logit <= that corner's runner-up logit, so its interpolated score is at
+    most the same interpolation of the runner-ups (``bound``; float rounding is monotone,
+    so this holds for the computed values too). Where the best candidate beats ``bound``
+    strictly, it is the argmax over all classes; the rare other pixels score all classes.
+    """
+    num_classes, h, w = logits.shape
+    y0, y1, wy = _align_corners_grid(h, size[0])
+    x0, x1, wx = _align_corners_grid(w, size[1])
+    fy, fx = wy[ys], wx[xs]
+    corners = (y0[ys] * w + x0[xs], y0[ys] * w + x1[xs], y1[ys] * w + x0[xs], y1[ys] * w + x1[xs])
+
+    def interpolate(v00, v01, v10, v11):  # PyTorch's order of operations
+        return (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
+
+    flat = logits.reshape(-1)
+    low_flat = low.reshape(-1)
+    candidates = np.stack([low_flat[c] for c in corners])  # (4, n) class ids
+    scores = np.stack([interpolate(*(flat[candidates[j].astype(np.intp) * (h * w) + c] for c in corners))
+                       for j in range(4)])
+    best = scores.max(0)
+    winner = np.where(scores == best, candidates, 255).min(0)  # ties: the smallest class id, as argmax
+    bound = interpolate(*(second.reshape(-1)[c] for c in corners))
+    unsure = np.nonzero(~(best > bound))[0]
+    if len(unsure):
+        planes = logits.reshape(num_classes, h * w)
+        f_x, f_y = fx[unsure], fy[unsure]
+        v = [planes[:, c[unsure]] for c in corners]
+        full = (v[0] * (1 - f_x) + v[1] * f_x) * (1 - f_y) + (v[2] * (1 - f_x) + v[3] * f_x) * f_y
+        winner[unsure] = full.argmax(0)
+    return winner
 
 
 def _resize_then_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:

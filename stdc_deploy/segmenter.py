@@ -132,9 +132,10 @@ class Segmenter:
     def class_names(self) -> tuple[str, ...]:
         return self.metadata.class_names
 
-    def describe(self) -> str:
+    def describe(self, protocol: bool = True) -> str:
         h, w = self.input_size
-        return f"{self.backend.describe()}, input {h}x{w}, {self.protocol} post-processing"
+        text = f"{self.backend.describe()}, input {h}x{w}"
+        return f"{text}, {self.protocol} post-processing" if protocol else text
 
     # -- the three steps ----------------------------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> np.ndarray:

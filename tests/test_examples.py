@@ -17,6 +17,6 @@ def test_python_api_example(official_checkpoints, tmp_path):
          "--size", "64x128", "--out-dir", str(tmp_path / "out")],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "label agreement" in proc.stdout
+    assert "label agreement" in proc.stdout and "classes present" in proc.stdout
     overlay = cv2.imread(str(tmp_path / "out" / "street_overlay.png"))
     assert overlay.shape == (90, 160, 3)

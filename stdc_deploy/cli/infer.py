@@ -99,8 +99,9 @@ def infer(
     precision: PrecisionOption = "fp32",
     size: Annotated[str | None, typer.Option(
         "--size", "-s", help="Network input HxW for dynamic models and checkpoints (default: the export size).")] = None,
-    protocol: Annotated[str, typer.Option(
-        "--protocol", help="official: bilinear logits then argmax (exact); fast: argmax then nearest.")] = "official",
+    protocol: Annotated[str | None, typer.Option(
+        "--protocol", help="official: bilinear logits, then argmax (the evaluation protocol); fast: argmax, then "
+                           "nearest (differs along boundaries only). Default: official for images, fast for videos.")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders recursively.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     max_frames: Annotated[int | None, typer.Option(
@@ -114,10 +115,10 @@ def infer(
     Unreadable images are named and skipped (exit code 1 at the end); existing outputs are
     never replaced without --overwrite; Ctrl-C leaves a playable video of the frames done.
     """
-    if protocol not in PROTOCOLS:
+    if protocol is not None and protocol not in PROTOCOLS:
         raise StdcError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     options = InferOptions(out_dir=out_dir, output=output, save=parse_save(save), alpha=alpha, batch=batch,
-                           overwrite=overwrite, max_frames=max_frames)
+                           overwrite=overwrite, max_frames=max_frames, protocol=protocol)
     resolved = resolve_source(source, recursive=recursive)
     if model is None:
         choice = find_default_model()
@@ -127,8 +128,11 @@ def infer(
         model = choice.path
     input_size = parse_size(size) if size else None
     with Segmenter(model, backend=backend, device=device, precision=precision, size=input_size,
-                   protocol=protocol) as segmenter:
-        console.print(f"{resolved.description}: {segmenter.describe()}", highlight=False)
+                   protocol=protocol or "official") as segmenter:
+        kinds = [k for k, present in (("image", resolved.images), ("video", resolved.videos or resolved.stream is not None))
+                 if present]
+        post = ", ".join(f"{options.protocol_for(k)} post-processing for {k}s" for k in kinds)
+        console.print(f"{resolved.description}: {segmenter.describe(protocol=False)}, {post}", highlight=False)
         if precision != "fp32":
             _report_precision(segmenter, model, input_size, device)
         model_only_before = segmenter.model_only_fps(batch=batch) if benchmark else None
