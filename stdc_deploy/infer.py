@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import StdcError
 from .outputs import FOURCC, AtomicVideoWriter, write_image
+from .postprocess import PROTOCOLS
 from .segmenter import Frame, Prediction, Segmenter, StageTimes
 from .sources import Source, VideoReader, read_image
 
@@ -57,6 +58,10 @@ class InferOptions:
         return self.protocol or ("official" if kind == "image" else "fast")
 
     def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        self.output = None if self.output is None else Path(self.output)
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise StdcError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if not 0.0 <= self.alpha <= 1.0:
             raise StdcError(f"--alpha must be within 0..1, got {self.alpha}")
         if self.batch < 1:

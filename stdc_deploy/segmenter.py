@@ -67,7 +67,9 @@ class StageTimes:
         return {stage: s * 1e3 / n for stage, s in self.seconds.items()}
 
     def describe(self) -> str:
-        return ", ".join(f"{stage} {ms:.1f}" for stage, ms in self.per_frame_ms().items()) + " ms/frame"
+        """Wall time per stage and frame; the stages overlap, so these do not add up."""
+        return ", ".join(f"{stage} {ms:.1f}" for stage, ms in self.per_frame_ms().items()) + \
+            " ms/frame (wall time per stage; stages overlap)"
 
 
 class _Failure:
@@ -336,16 +338,18 @@ class Segmenter:
         self.close()
 
 
-def _yield_to_inference(niceness: int = 5) -> None:
-    """Lower this thread's scheduling priority (Linux: niceness is per thread).
+def _yield_to_inference() -> None:
+    """Run this thread only when a core would otherwise idle (Linux SCHED_IDLE, per thread).
 
-    Decoding and pre/post-processing then run in the gaps the inference threads leave,
-    instead of slowing every inference call down: on a 2-core CPU this raised end-to-end
-    video speed from about 83% to about 90% of the model-only speed.
+    Decoding and pre/post-processing then fill the gaps the inference threads leave instead
+    of preempting one of them mid-operator (which stalls the others at the next barrier).
+    Measured on a 2-core CPU, 150 frames of 1280x720, ONNX Runtime STDC1 512x1024, two
+    interleaved rounds: end-to-end 89.4% / 90.5% of the model-only speed, against 85.8% /
+    86.3% with normal scheduling.
     """
-    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except OSError:
             pass
 

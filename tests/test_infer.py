@@ -286,3 +286,14 @@ def test_checkpoint_runs_in_pytorch(runner, official_checkpoints, tmp_path):
 
 
 torch.set_num_threads(2)
+
+
+def test_stream_url_source(runner, onnx_model, tmp_path):
+    """A URL goes through the live-stream path (FFmpeg reads file:// like rtsp://)."""
+    video = write_video(tmp_path / "cam.mp4", frames=8, size=(96, 64))
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["infer", f"file://{video}", "-m", str(onnx_model), "-d", str(out),
+                                 "--max-frames", "6", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (produced,) = out.iterdir()
+    assert produced.name.endswith("cam_mp4_overlay.mp4") and video_props(produced)[0] == 6
