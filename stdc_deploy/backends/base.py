@@ -13,6 +13,7 @@ contract, never a runtime.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -90,6 +91,16 @@ class Backend(abc.ABC):
             raise RuntimeError(f"{self.name} backend used before open()")
         self.input_spec.check(batch)
         return self._infer(np.ascontiguousarray(batch, dtype=np.float32))
+
+    def model_only_runner(self, batch: np.ndarray, cuda_graph: bool = False) -> Callable[[], None]:
+        """One model-only step for benchmarks: input already where the runtime wants it,
+        outputs left there, device work finished when it returns. CPU runtimes read and
+        write host memory, so this is ``infer`` without the checks."""
+        if cuda_graph:
+            raise StdcError(f"CUDA graphs are offered by the torch backend on CUDA, not {self.name} on {self.device}")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        self.input_spec.check(batch)
+        return lambda: self._infer(batch)
 
     def describe(self) -> str:
         return f"{self.name} ({self.device}, {self.precision}) on {self.artifact.name}"

@@ -8,6 +8,7 @@ import typer
 
 from .. import __version__
 from . import export
+from .bench import bench
 from .common import State, setup_logging
 from .demo import demo
 from .infer import infer
@@ -41,6 +42,7 @@ def main_callback(
 
 app.add_typer(export.app, name="export")
 app.command()(infer)
+app.command()(bench)
 app.command()(info)
 app.command()(demo)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .config import ARCHS, IMAGENET_MEAN, IMAGENET_STD, PRESETS, ArchConfig, Preset, get_arch
+from .config import ARCHS, IMAGENET_MEAN, IMAGENET_STD, PAPER_SETUP, PRESETS, ArchConfig, Preset, get_arch
 from .stdc import AUX_HEADS, STDCSeg
 
 
@@ -15,6 +15,6 @@ def create_model(arch: str = "stdc1", num_classes: int = 19, *, classifier_bias:
 
 
 __all__ = [
-    "ARCHS", "AUX_HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "ArchConfig", "Preset",
+    "ARCHS", "AUX_HEADS", "IMAGENET_MEAN", "IMAGENET_STD", "PAPER_SETUP", "PRESETS", "ArchConfig", "Preset",
     "STDCSeg", "create_model", "get_arch",
 ]

@@ -1,0 +1,146 @@
+"""`stdc bench`: statistics, the JSON/CSV it writes, and real (tiny) runs."""
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from stdc_deploy.bench import (
+    SCHEMA,
+    BenchSettings,
+    LatencyStats,
+    Target,
+    preset_targets,
+    run_bench,
+    time_steps,
+)
+from stdc_deploy.cli import app
+from stdc_deploy.errors import StdcError
+from stdc_deploy.models import PRESETS, Preset
+
+
+def test_percentiles_on_known_samples():
+    stats = LatencyStats.from_seconds([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert stats.iters == 100 and stats.mean_ms == pytest.approx(50.5)
+    # numpy's linear interpolation between order statistics: rank q/100 * (n - 1)
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(90.1)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert (stats.min_ms, stats.max_ms) == (pytest.approx(1.0), pytest.approx(100.0))
+    single = LatencyStats.from_seconds([0.004])
+    assert single.p50_ms == single.p99_ms == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        LatencyStats.from_seconds([])
+
+
+def test_time_steps_counts_warmup_and_iterations():
+    calls = []
+    samples = time_steps(lambda: calls.append(1), warmup=4, iters=7, seconds=None)
+    assert len(samples) == 7 and len(calls) == 11
+    calls.clear()
+    samples = time_steps(lambda: calls.append(1), warmup=0, iters=None, seconds=0.0, min_iters=3)
+    assert len(samples) == 3  # the minimum, even with no time budget
+
+
+def test_settings_defaults_and_validation():
+    settings = BenchSettings()
+    assert settings.for_device("cpu") == (3, None, 3.0)
+    assert settings.for_device("cuda") == (20, None, 10.0)
+    assert BenchSettings(iters=50, warmup=1).for_device("cuda") == (1, 50, None)
+    with pytest.raises(StdcError, match="unknown mode"):
+        BenchSettings(modes=("fastest",))
+    with pytest.raises(StdcError, match="--batch"):
+        BenchSettings(batch=0)
+
+
+def test_presets_are_the_papers():
+    assert [(p.name, p.height, p.width, p.paper_fps) for p in PRESETS.values()] == [
+        ("stdc1-seg50", 512, 1024, 250.4), ("stdc1-seg75", 768, 1536, 126.7),
+        ("stdc2-seg50", 512, 1024, 188.6), ("stdc2-seg75", 768, 1536, 97.0)]
+    with pytest.raises(StdcError, match="unknown preset"):
+        preset_targets(["stdc3-seg50"])
+
+
+@pytest.fixture(scope="module")
+def tiny_report():
+    """Both modes, two backends, on a random-weight 64x128 model: a real run, kept small."""
+    target = Target("tiny", (64, 128), preset=Preset("tiny", "stdc1", 64, 128))
+    settings = BenchSettings(iters=3, warmup=1, modes=("model-only", "end-to-end"), batch=2)
+    return run_bench([target], ["onnxruntime", "torch"], settings, device="cpu", compare_bare=True)
+
+
+def test_run_bench_rows(tiny_report):
+    rows = tiny_report.rows
+    assert [(r.backend, r.mode) for r in rows] == [("onnxruntime", "model-only"), ("onnxruntime", "end-to-end"),
+                                                  ("torch", "model-only"), ("torch", "end-to-end")]
+    for row in rows:
+        assert (row.height, row.width, row.batch, row.device, row.precision) == (64, 128, 2, "cpu", "fp32")
+        assert row.latency.iters == 3 and row.latency.mean_ms > 0
+        assert row.fps == pytest.approx(2 * 1000 / row.latency.mean_ms)
+        assert row.peak_rss_mb > 50 and row.gpu_peak_mb is None
+    (reference,) = tiny_report.reference
+    assert reference["bare_fps"] > 0 and reference["ratio"] == pytest.approx(
+        rows[0].fps / reference["bare_fps"])
+
+
+def test_json_and_csv_schema(tiny_report, tmp_path):
+    from stdc_deploy.bench import CSV_COLUMNS, write_csv, write_json
+
+    write_json(tiny_report, tmp_path / "b.json")
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert data["schema"] == SCHEMA and "1080Ti" in data["paper_setup"]
+    assert set(data) == {"schema", "paper_setup", "environment", "settings", "rows", "reference"}
+    assert {"cpu", "cpu_count", "torch_threads", "platform", "versions", "gpu"} <= set(data["environment"])
+    assert "torch" in data["environment"]["versions"] and "onnxruntime" in data["environment"]["versions"]
+    row = data["rows"][0]
+    assert set(row["latency"]) == {"iters", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms"}
+    assert {"model", "backend", "device", "precision", "mode", "batch", "fps", "peak_rss_mb"} <= set(row)
+    write_csv(tiny_report, tmp_path / "b.csv")
+    with open(tmp_path / "b.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 4
+    assert float(rows[0]["mean_ms"]) == pytest.approx(tiny_report.rows[0].latency.mean_ms)
+
+
+def test_cli_bench_arch_and_model(tmp_path, official_checkpoints):
+    runner = CliRunner()
+    out = tmp_path / "r.json"
+    result = runner.invoke(app, ["bench", "--arch", "stdc1", "--size", "64x128", "--iters", "2", "--warmup", "1",
+                                 "--backend", "onnxruntime", "--backend", "openvino", "--json", str(out),
+                                 "--mode", "model-only", "--mode", "end-to-end"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    backends = {r["backend"] for r in data["rows"]}
+    assert "onnxruntime" in backends and {r["mode"] for r in data["rows"]} == {"model-only", "end-to-end"}
+    assert "model-only" in result.stdout and "2 timed runs per row after 1 warm-up runs" in result.stdout
+    result = runner.invoke(app, ["bench", "--model", str(official_checkpoints["stdc1"]), "--size", "64x128",
+                                 "--iters", "2", "--warmup", "0"])
+    assert result.exit_code == 0, result.output
+    assert "torch" in result.stdout and "stdc1_official.pth" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "missing.onnx"], "missing.onnx: no such file"),
+    (["--preset", "stdc9-seg50"], "unknown preset"),
+    (["--arch", "stdc1", "--size", "64x128", "--mode", "fastest"], "unknown mode"),
+    (["--arch", "stdc1", "--size", "64x128", "--cuda-graph", "--iters", "1"], "CUDA graphs"),
+])
+def test_cli_bench_errors(args, message):
+    result = CliRunner().invoke(app, ["bench", *args])
+    assert result.exit_code == 1 and message in result.stderr
+
+
+def test_plot_needs_matplotlib_or_writes_png(tiny_report, tmp_path):
+    from stdc_deploy.bench import write_plot
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(StdcError, match="pip install matplotlib"):
+            write_plot(tiny_report, tmp_path / "p.png")
+        return
+    write_plot(tiny_report, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
