@@ -17,7 +17,7 @@ def runner():
 def test_help_lists_commands(runner):
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("export", "info", "demo"):
+    for name in ("export", "info", "demo", "infer", "bench"):
         assert name in result.stdout
 
 
