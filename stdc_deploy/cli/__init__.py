@@ -11,6 +11,7 @@ from . import export
 from .bench import bench
 from .common import State, setup_logging
 from .demo import demo
+from .eval import eval_command
 from .infer import infer
 from .info import info
 
@@ -43,6 +44,7 @@ def main_callback(
 app.add_typer(export.app, name="export")
 app.command()(infer)
 app.command()(bench)
+app.command("eval")(eval_command)
 app.command()(info)
 app.command()(demo)
 

@@ -1,0 +1,265 @@
+"""`stdc eval`: mIoU of any artifact with the official STDC-Seg evaluation protocol.
+
+Per image: RGB, ImageNet normalisation, bilinear align_corners=True resize of the
+normalised image to the network input, logits, bilinear align_corners=True resize of the
+logits to the label size, argmax (computed exactly by :func:`labels_official`). Labels:
+Cityscapes ``labelIds`` mapped to the 19 train ids, everything else ignored (255). One
+confusion matrix over the split; IoU = diag / (row + col - diag); mIoU is the mean over
+classes; pixel accuracy = diag / all counted pixels.
+
+Classes that occur neither in the labels nor in the predictions have no IoU (0 / 0); they
+are reported as such and left out of the mean. On the Cityscapes val split every class
+occurs, so this is the plain mean of the official code.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from .backends import Backend
+from .errors import StdcError
+from .outputs import write_image
+from .postprocess import labels_official
+from .preprocess import normalize
+from .sources import IMAGE_SUFFIXES, read_image
+
+# Cityscapes labelIds -> train ids (cityscapesscripts' labels.py); 255 = ignored
+_CITYSCAPES_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                     26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+CITYSCAPES_MAX_ID = 33
+LABEL_TO_TRAIN = np.full(256, 255, np.uint8)
+for _label, _train in _CITYSCAPES_TRAIN.items():
+    LABEL_TO_TRAIN[_label] = _train
+TRAIN_TO_LABEL = np.zeros(256, np.uint8)
+for _label, _train in _CITYSCAPES_TRAIN.items():
+    TRAIN_TO_LABEL[_train] = _label
+
+_IMAGE_SUFFIX = "_leftImg8bit"
+_LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str  # frame name, e.g. aachen_000000_000019
+    image: Path
+    label: Path
+    group: str = ""  # city (sub-folder) for the prediction file layout
+
+
+@dataclass(frozen=True)
+class Dataset:
+    samples: tuple[Sample, ...]
+    num_classes: int
+    ignore_index: int
+    layout: str  # "cityscapes" or "generic"
+
+    def read_label(self, sample: Sample) -> np.ndarray:
+        raw = cv2.imread(str(sample.label), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise StdcError("not a readable label image", sample.label)
+        if raw.ndim != 2:
+            raise StdcError(f"a label image must have one channel, this one has {raw.shape[2]}", sample.label)
+        if self.layout == "cityscapes":
+            if raw.dtype != np.uint8 or int(raw.max()) > CITYSCAPES_MAX_ID:
+                raise StdcError(f"label id {int(raw.max())} out of range for Cityscapes labelIds (0-{CITYSCAPES_MAX_ID})",
+                                sample.label)
+            return LABEL_TO_TRAIN[raw]
+        values = np.unique(raw)
+        bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
+        if len(bad):
+            raise StdcError(f"label value {int(bad[0])} out of range (classes 0-{self.num_classes - 1}, "
+                            f"ignore {self.ignore_index})", sample.label)
+        out = raw.astype(np.int64)
+        out[raw == self.ignore_index] = -1
+        return out
+
+
+def cityscapes_dataset(root: Path, split: str = "val") -> Dataset:
+    """Pairs under ``leftImg8bit/<split>/<city>/`` and ``gtFine/<split>/<city>/``."""
+    images_dir = root / "leftImg8bit" / split
+    labels_dir = root / "gtFine" / split
+    if not images_dir.is_dir():
+        raise StdcError(f"no leftImg8bit/{split} folder (expected the Cityscapes layout)", root)
+    images = sorted(images_dir.glob(f"*/*{_IMAGE_SUFFIX}.png"))
+    if not images:
+        raise StdcError(f"no *{_IMAGE_SUFFIX}.png images in this split", images_dir)
+    samples = []
+    for image in images:
+        name = image.name[: -len(f"{_IMAGE_SUFFIX}.png")]
+        label = labels_dir / image.parent.name / f"{name}{_LABEL_SUFFIX}"
+        if not label.is_file():
+            raise StdcError(f"no label for this image (expected {label})", image)
+        samples.append(Sample(name, image, label, image.parent.name))
+    return Dataset(tuple(samples), 19, 255, "cityscapes")
+
+
+def generic_dataset(images_dir: Path, masks_dir: Path, num_classes: int, ignore_index: int = 255) -> Dataset:
+    """Images in one folder, masks of train ids (PNG, same stem) in another."""
+    for folder in (images_dir, masks_dir):
+        if not folder.is_dir():
+            raise StdcError("no such folder", folder)
+    if num_classes < 1:
+        raise StdcError(f"--num-classes must be >= 1, got {num_classes}")
+    images = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise StdcError("no images in this folder", images_dir)
+    samples = []
+    for image in images:
+        rel = image.relative_to(images_dir)
+        label = masks_dir / rel.with_suffix(".png")
+        if not label.is_file():
+            raise StdcError(f"no mask for this image (expected {label})", image)
+        samples.append(Sample(str(rel.with_suffix("")), image, label, str(rel.parent) if rel.parent != Path(".") else ""))
+    return Dataset(tuple(samples), num_classes, ignore_index, "generic")
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+def update_confusion(confusion: np.ndarray, labels: np.ndarray, predictions: np.ndarray) -> None:
+    """Add one image: rows are ground truth, columns predictions; ignored pixels (outside
+    0..C-1) are skipped."""
+    n = confusion.shape[0]
+    valid = (labels >= 0) & (labels < n)
+    index = n * labels[valid].astype(np.int64) + predictions[valid].astype(np.int64)
+    confusion += np.bincount(index, minlength=n * n).reshape(n, n)
+
+
+@dataclass(frozen=True)
+class Scores:
+    iou: tuple[float | None, ...]  # None: class absent from labels and predictions
+    miou: float
+    pixel_accuracy: float
+    pixels: int
+
+    @classmethod
+    def from_confusion(cls, confusion: np.ndarray) -> Scores:
+        diag = np.diag(confusion).astype(np.float64)
+        union = confusion.sum(0) + confusion.sum(1) - diag
+        iou = [float(d / u) if u > 0 else None for d, u in zip(diag, union)]
+        present = [v for v in iou if v is not None]
+        total = int(confusion.sum())
+        return cls(tuple(iou), float(np.mean(present)) if present else float("nan"),
+                   float(diag.sum() / total) if total else float("nan"), total)
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+def official_input(image_bgr: np.ndarray, size: tuple[int, int], mean, std) -> np.ndarray:
+    """Normalise at full resolution, then bilinear align_corners=True resize (the official way)."""
+    x = torch.from_numpy(normalize(image_bgr, mean, std))
+    if tuple(x.shape[2:]) != tuple(size):
+        x = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+    return x.numpy()
+
+
+def network_size(backend: Backend, image_hw: tuple[int, int], scale: float | None) -> tuple[int, int]:
+    spec = backend.input_spec
+    if scale is None:
+        if spec.height is not None:
+            return spec.height, spec.width
+        return backend.metadata.opt_height, backend.metadata.opt_width
+    size = (int(image_hw[0] * scale), int(image_hw[1] * scale))
+    if spec.height is not None and (spec.height, spec.width) != size:
+        raise StdcError(f"this model takes {spec.height}x{spec.width}; --scale {scale:g} of a "
+                        f"{image_hw[0]}x{image_hw[1]} image needs {size[0]}x{size[1]} (export that size or --dynamic)",
+                        backend.artifact)
+    return size
+
+
+@dataclass
+class ModelResult:
+    name: str
+    backend: str
+    confusion: np.ndarray
+    input_sizes: set[tuple[int, int]] = field(default_factory=set)
+
+    @property
+    def scores(self) -> Scores:
+        return Scores.from_confusion(self.confusion)
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _load(dataset: Dataset, samples: Sequence[Sample], stop: threading.Event, out: queue.Queue) -> None:
+    try:
+        for sample in samples:
+            image = read_image(sample.image)
+            label = dataset.read_label(sample)
+            if label.shape != image.shape[:2]:
+                raise StdcError(f"label is {label.shape[1]}x{label.shape[0]} but its image is "
+                                f"{image.shape[1]}x{image.shape[0]}", sample.label)
+            if not _put(out, (sample, image, label), stop):
+                return
+        _put(out, None, stop)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        _put(out, exc, stop)
+
+
+def evaluate(dataset: Dataset, backends: Sequence[Backend], scale: float | None = None, limit: int | None = None,
+             save_predictions: Path | None = None, on_image: Callable[[Sample], None] | None = None,
+             prefetch: int = 4) -> list[ModelResult]:
+    """Stream the dataset once; every backend sees every image; one confusion matrix each.
+
+    Images and labels are read by a background thread while the models run. With
+    ``save_predictions`` the first model's predictions are written as label-id PNGs
+    (Cityscapes submission format: ``<city>/<frame>_pred_labelIds.png``).
+    """
+    for backend in backends:
+        if backend.metadata.num_classes != dataset.num_classes:
+            raise StdcError(f"the model has {backend.metadata.num_classes} classes, the data "
+                            f"{dataset.num_classes}", backend.artifact)
+    samples = dataset.samples[:limit] if limit else dataset.samples
+    results = [ModelResult(b.artifact.name, b.name, np.zeros((dataset.num_classes,) * 2, np.int64)) for b in backends]
+    loaded: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    loader = threading.Thread(target=_load, args=(dataset, samples, stop, loaded), daemon=True, name="stdc-eval-load")
+    loader.start()
+    try:
+        for item in iter(loaded.get, None):
+            if isinstance(item, BaseException):
+                raise item
+            sample, image, label = item
+            for backend, result in zip(backends, results):
+                size = network_size(backend, image.shape[:2], scale)
+                result.input_sizes.add(size)
+                logits = backend.infer(official_input(image, size, backend.metadata.mean, backend.metadata.std))
+                prediction = labels_official(logits[0], label.shape)
+                update_confusion(result.confusion, label, prediction)
+                if save_predictions is not None and result is results[0]:
+                    _save_prediction(save_predictions, sample, prediction, dataset)
+            if on_image:
+                on_image(sample)
+    finally:
+        stop.set()
+        loader.join()
+    return results
+
+
+def _save_prediction(directory: Path, sample: Sample, prediction: np.ndarray, dataset: Dataset) -> None:
+    if dataset.layout == "cityscapes":
+        write_image(directory / sample.group / f"{sample.name}_pred_labelIds.png", TRAIN_TO_LABEL[prediction])
+    else:
+        write_image(directory / f"{sample.name}.png", prediction.astype(np.uint8))
+
+
+def iter_rows(results: Sequence[ModelResult], class_names: Sequence[str]) -> Iterator[tuple[str, list[float | None]]]:
+    """(class name, IoU per model) rows of the per-class table."""
+    for c, name in enumerate(class_names):
+        yield name, [r.scores.iou[c] for r in results]
+
