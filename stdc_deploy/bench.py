@@ -221,7 +221,7 @@ def bench_backend(backend: Backend, settings: BenchSettings, *, model_name: str,
         rows.append(BenchRow(
             model=model_name, arch=backend.metadata.arch, height=segmenter.input_size[0],
             width=segmenter.input_size[1], batch=settings.batch, backend=backend.name, device=backend.device,
-            precision=backend.precision, mode=mode, latency=stats, fps=settings.batch * 1e3 / stats.mean_ms,
+            precision=backend.effective_precision, mode=mode, latency=stats, fps=settings.batch * 1e3 / stats.mean_ms,
             peak_rss_mb=_peak_rss_mb(), gpu_peak_mb=gpu["gpu_peak_mb"], paper_fps=paper_fps,
             cuda_graph=settings.cuda_graph and mode == "model-only"))
     return rows

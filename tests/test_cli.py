@@ -31,7 +31,7 @@ def test_export_onnx_and_info(runner, official_checkpoints, tmp_path):
     result = runner.invoke(app, ["export", "onnx", str(official_checkpoints["stdc1"]), "-o", str(out),
                                  "--size", "64x128"])
     assert result.exit_code == 0, result.output
-    assert "verified (ONNX Runtime vs PyTorch) 1x19x64x128" in result.stdout
+    assert "verified (ONNX Runtime fp32 vs PyTorch fp32) 1x19x64x128" in result.stdout
     assert "Wrote" in result.stdout and out.is_file()
     info = runner.invoke(app, ["info", str(out), "--json"])
     assert info.exit_code == 0

@@ -182,3 +182,46 @@ def test_metadata_round_trip_keeps_types():
     back = ArtifactMetadata.from_props(meta.to_props())
     assert back == meta
     assert ArtifactMetadata.from_props(ArtifactMetadata(arch="stdc1", num_classes=2).to_props()).checkpoint_sha256 is None
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_fp16_export_keeps_fp32_io_and_verifies(models_by_arch, tmp_path, dynamic):
+    import onnx
+
+    from stdc_deploy.backends import open_backend
+    from stdc_deploy.verify import compare_logits
+
+    model = models_by_arch["stdc1"].eval()
+    fp32 = export_onnx(model, tmp_path / "m32.onnx", OnnxExportOptions(height=64, width=128, dynamic=dynamic))
+    fp16 = export_onnx(model, tmp_path / "m16.onnx",
+                       OnnxExportOptions(height=64, width=128, dynamic=dynamic, precision="fp16"))
+    assert fp16.metadata.precision == "fp16" and fp16.parity
+    assert 0.4 < fp16.size_bytes / fp32.size_bytes < 0.6  # weights halved
+    proto = onnx.load(str(fp16.path))
+    float_type = onnx.TensorProto.FLOAT
+    assert [v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)] == [float_type] * 2
+    conv_weights = {n.input[1] for n in proto.graph.node if n.op_type == "Conv"}
+    assert {t.data_type for t in proto.graph.initializer if t.name in conv_weights} == {onnx.TensorProto.FLOAT16}
+    x = normalize(synthetic_images(1, 64, 128, seed=12))
+    with torch.no_grad():
+        reference = model(torch.from_numpy(x)).numpy()
+    with open_backend(fp16.path, backend="onnxruntime", device="cpu") as backend:
+        parity = compare_logits(reference, backend.infer(x))
+    assert parity.max_abs_error < 0.02 * parity.reference_abs_max + 0.05
+    assert parity.label_agreement > 0.98
+    assert parity.max_abs_error > 1e-4  # really computed in FP16, not a copy of the FP32 model
+
+
+def test_fp16_cli_default_name(official_checkpoints, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stdc_deploy.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["export", "onnx", str(official_checkpoints["stdc1"]), "--size", "64x128",
+                                      "--precision", "fp16"])
+    assert result.exit_code == 0, result.output
+    assert "verified (ONNX Runtime fp16 vs PyTorch fp32)" in result.stdout
+    assert (tmp_path / "models" / "stdc1_official-stdc1-64x128-fp16.onnx").is_file()
+    result = CliRunner().invoke(app, ["export", "onnx", str(official_checkpoints["stdc1"]), "--precision", "int4"])
+    assert result.exit_code == 1 and "export offers fp32 or fp16" in result.stderr

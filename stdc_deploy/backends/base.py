@@ -102,8 +102,14 @@ class Backend(abc.ABC):
         self.input_spec.check(batch)
         return lambda: self._infer(batch)
 
+    @property
+    def effective_precision(self) -> str:
+        """What the model computes in: a reduced-precision runtime setting, else the
+        artifact's own precision (an FP16 ONNX file runs FP16 with precision "fp32")."""
+        return self.precision if self.precision != "fp32" else self.metadata.precision
+
     def describe(self) -> str:
-        return f"{self.name} ({self.device}, {self.precision}) on {self.artifact.name}"
+        return f"{self.name} ({self.device}, {self.effective_precision}) on {self.artifact.name}"
 
     @abc.abstractmethod
     def _open(self) -> None: ...

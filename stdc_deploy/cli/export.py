@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -17,9 +18,11 @@ app = typer.Typer(help="Export a checkpoint to ONNX or TorchScript.", no_args_is
 MODELS_DIR = Path("models")
 
 
-def default_onnx_path(checkpoint: Path, arch: str, size: tuple[int, int], dynamic: bool) -> Path:
+def default_onnx_path(checkpoint: Path, arch: str, size: tuple[int, int], dynamic: bool,
+                      precision: str = "fp32") -> Path:
     tag = "dynamic" if dynamic else f"{size[0]}x{size[1]}"
-    return MODELS_DIR / f"{checkpoint.stem}-{arch}-{tag}.onnx"
+    suffix = "" if precision == "fp32" else f"-{precision}"
+    return MODELS_DIR / f"{checkpoint.stem}-{arch}-{tag}{suffix}.onnx"
 
 
 @app.command("onnx")
@@ -34,9 +37,13 @@ def onnx_command(
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     arch: ArchOption = None,
     num_classes: NumClassesOption = None,
-    atol: Annotated[float, typer.Option("--atol", help="Allowed |ONNX - PyTorch| logit error: atol + rtol * max|logit|.")] = Tolerance.atol,
-    rtol: Annotated[float, typer.Option("--rtol", help="See --atol.")] = Tolerance.rtol,
-    min_agreement: Annotated[float, typer.Option("--min-agreement", help="Smallest allowed argmax agreement (0-1).")] = Tolerance.min_label_agreement,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32, or fp16 (FP16 weights and compute, FP32 input/output; verified against FP32).")] = "fp32",
+    atol: Annotated[float | None, typer.Option(
+        "--atol", help="Allowed |ONNX - PyTorch| logit error: atol + rtol * max|logit| (default 1e-3; fp16 0.05).")] = None,
+    rtol: Annotated[float | None, typer.Option("--rtol", help="See --atol (default 1e-4; fp16 0.02).")] = None,
+    min_agreement: Annotated[float | None, typer.Option(
+        "--min-agreement", help="Smallest allowed argmax agreement, 0-1 (default 0.9995; fp16 0.98).")] = None,
 ) -> None:
     """Export CHECKPOINT to ONNX, simplify, check, and verify it against PyTorch in ONNX Runtime.
 
@@ -49,17 +56,21 @@ def onnx_command(
     if info.dropped:
         ignored = "; ".join(f"{count} {reason}" for reason, count in info.dropped.items())
         console.print(f"  ignored tensors: {ignored}", highlight=False)
-    output = output or default_onnx_path(checkpoint, info.arch, (height, width), dynamic)
+    output = output or default_onnx_path(checkpoint, info.arch, (height, width), dynamic, precision)
     replacing = output.exists()
     options = OnnxExportOptions(height=height, width=width, batch=batch, dynamic=dynamic, opset=opset,
-                                simplify=simplify, tolerance=Tolerance(atol, rtol, min_agreement))
+                                simplify=simplify, precision=precision)
+    base = options.effective_tolerance
+    tolerance = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol,
+                          base.min_label_agreement if min_agreement is None else min_agreement)
+    options = dataclasses.replace(options, tolerance=tolerance)
     with console.status("Exporting and verifying..."):
         result = export_onnx(model, output, options, checkpoint=info)
     for report in result.parity:
-        console.print(f"  verified (ONNX Runtime vs PyTorch) {report.describe()}", highlight=False)
+        console.print(f"  verified (ONNX Runtime {precision} vs PyTorch fp32) {report.describe()}", highlight=False)
     verb = "Replaced" if replacing else "Wrote"
     console.print(f"{verb} {result.path} ({result.size_bytes / 2**20:.1f} MiB, {result.metadata.input_size}, "
-                  f"opset {opset}) in {result.export_seconds:.1f} s", highlight=False)
+                  f"opset {opset}, {precision}) in {result.export_seconds:.1f} s", highlight=False)
 
 
 @app.command("torchscript")

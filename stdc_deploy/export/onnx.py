@@ -25,7 +25,7 @@ from ..fileio import atomic_write_bytes
 from ..models import STDCSeg
 from ..preprocess import normalize
 from ..synthetic import synthetic_images
-from ..verify import Parity, Tolerance, compare_logits
+from ..verify import FP16_TOLERANCE, Parity, Tolerance, compare_logits
 from .metadata import ArtifactMetadata
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,22 @@ class OnnxExportOptions:
     opset: int = 20
     simplify: bool = True
     verify: bool = True
-    tolerance: Tolerance = field(default_factory=Tolerance)
+    tolerance: Tolerance | None = None  # None: the default for the precision
+    precision: str = "fp32"  # or "fp16": FP16 weights and compute, FP32 input and output
+
+    @property
+    def effective_tolerance(self) -> Tolerance:
+        if self.tolerance is not None:
+            return self.tolerance
+        return FP16_TOLERANCE if self.precision == "fp16" else Tolerance()
 
     def validate(self) -> None:
         if not (32 <= self.height <= MAX_SIDE and 32 <= self.width <= MAX_SIDE):
             raise StdcError(f"input size {self.height}x{self.width} out of range (32..{MAX_SIDE} per side)")
         if not 1 <= self.batch <= MAX_BATCH:
             raise StdcError(f"batch {self.batch} out of range (1..{MAX_BATCH})")
+        if self.precision not in ("fp32", "fp16"):
+            raise StdcError(f"precision {self.precision!r}: export offers fp32 or fp16")
         if self.opset < MIN_OPSET:
             raise StdcError(f"opset {self.opset} is too old for the torch.export-based exporter; use >= {MIN_OPSET}")
 
@@ -112,6 +121,35 @@ def _trace(model: STDCSeg, opts: OnnxExportOptions):
     return program.model_proto
 
 
+def topological_sort(graph) -> None:
+    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise ExportError(f"the graph has a cycle or a dangling input near node {pending[0].name}")
+        for node in ready:
+            available.update(node.output)
+        ordered.extend(ready)
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def to_fp16(proto):
+    """FP16 weights and compute with the FP32 input and output kept (Casts at the edges), as
+    TensorRT's strongly typed mode takes it; ops that need FP32 (e.g. Resize's scales) stay
+    FP32 behind Casts. Uses ONNX Runtime's converter, then restores topological order."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with _quiet_exporter():
+        converted = convert_float_to_float16(proto, keep_io_types=True)
+    topological_sort(converted.graph)
+    return converted
+
+
 def _io_signature(proto) -> list[tuple[str, list]]:
     return [(v.name, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
             for v in (*proto.graph.input, *proto.graph.output)]
@@ -171,11 +209,13 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
         classifier_bias=model.conv_out.conv_out.bias is not None,
         source_format=checkpoint.source_format if checkpoint else "none",
         checkpoint_sha256=checkpoint.sha256 if checkpoint else None,
-        opset=options.opset, versions=_versions())
+        opset=options.opset, versions=_versions(), precision=options.precision)
     del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, metadata.to_props())
     proto.producer_name, proto.producer_version = "stdc-deploy", __version__
     proto.graph.name = f"{model.cfg.name}_seg"
+    if options.precision == "fp16":
+        proto = to_fp16(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -187,9 +227,9 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
         parity = verify_onnx_bytes(data, model, verification_inputs(options))
         for report in parity:
             log.info("ONNX Runtime vs PyTorch at %s", report.describe())
-        failed = [r for r in parity if not r.passes(options.tolerance)]
+        failed = [r for r in parity if not r.passes(options.effective_tolerance)]
         if failed:
-            limits = options.tolerance.describe(failed[0].reference_abs_max)
+            limits = options.effective_tolerance.describe(failed[0].reference_abs_max)
             raise ExportError(f"verification failed, {output} not written: {failed[0].describe()} (limits: {limits})")
     atomic_write_bytes(output, data)
     return OnnxExportResult(output, metadata, tuple(parity), len(data), time.perf_counter() - start)
