@@ -14,6 +14,7 @@ from .demo import demo
 from .eval import eval_command
 from .infer import infer
 from .info import info
+from .quantize import quantize
 
 app = typer.Typer(
     name="stdc",
@@ -44,6 +45,7 @@ def main_callback(
 app.add_typer(export.app, name="export")
 app.command()(infer)
 app.command()(bench)
+app.command()(quantize)
 app.command("eval")(eval_command)
 app.command()(info)
 app.command()(demo)

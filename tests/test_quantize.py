@@ -1,0 +1,96 @@
+"""`stdc quantize`: INT8 Q/DQ ONNX for TensorRT and the CPU, calibrated on images, measured."""
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from stdc_deploy.backends import artifact_metadata, open_backend
+from stdc_deploy.checkpoint import load_model
+from stdc_deploy.cli import app
+from stdc_deploy.errors import StdcError
+from stdc_deploy.export import OnnxExportOptions, export_onnx
+from stdc_deploy.export.quantize import QuantizeOptions, calibration_images, int8_details, quantize_onnx
+from stdc_deploy.preprocess import normalize
+from stdc_deploy.synthetic import synthetic_images
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(official_checkpoints, tmp_path_factory):
+    model, info = load_model(official_checkpoints["stdc1"])
+    path = tmp_path_factory.mktemp("q") / "m.onnx"
+    export_onnx(model, path, OnnxExportOptions(height=64, width=128), checkpoint=info)
+    return path
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calib")
+    for i, image in enumerate(synthetic_images(12, 96, 192, seed=50)):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), image)
+    return folder
+
+
+def zero_points(path):
+    proto = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    points = [inits[n.input[2]] for n in proto.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    return proto, points
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "cpu"])
+def test_quantize_targets(fp32_onnx, calib_dir, tmp_path, target):
+    out = tmp_path / f"int8-{target}.onnx"
+    result = quantize_onnx(fp32_onnx, calib_dir, out, QuantizeOptions(method="minmax", target=target, num_images=8))
+    assert result.calibration_images == 8 and result.holdout_images == 2
+    assert 0.0 < result.label_agreement <= 1.0 and result.snr_db > 3
+    proto, points = zero_points(out)
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert points and all(p.dtype == (np.int8 if target == "tensorrt" else np.uint8) for p in points)
+    if target == "tensorrt":  # symmetric: zero point 0 everywhere
+        assert all(int(np.abs(p).max()) == 0 for p in points)
+    weights_dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"
+                  and any(i.name == n.input[0] for i in proto.graph.initializer)]
+    per_channel = [n for n in weights_dq if any(a.name == "axis" for a in n.attribute)]
+    assert per_channel  # per-channel weight scales
+    meta = artifact_metadata(out)
+    assert meta.precision == "int8" and meta.arch == "stdc1" and meta.input_height == 64
+    assert int8_details(out) == {"int8_target": target, "int8_method": "minmax", "int8_calibration_images": "8"}
+    x = normalize(synthetic_images(1, 64, 128, seed=3))
+    with open_backend(out, backend="onnxruntime", device="cpu") as backend:
+        assert backend.infer(x).shape == (1, 19, 64, 128)
+        assert backend.effective_precision == "int8"
+
+
+def test_calibration_split_and_errors(calib_dir, tmp_path):
+    calib, holdout, skipped = calibration_images(calib_dir, QuantizeOptions(num_images=100, holdout=16))
+    assert len(holdout) == 2 and len(calib) == 10 and not set(calib) & set(holdout) and not skipped
+    few = tmp_path / "few"
+    few.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(few / f"{i}.png"), synthetic_images(1, 32, 32, seed=i)[0])
+    (few / "bad.png").write_bytes(b"nope")
+    with pytest.raises(StdcError, match="at least 8 readable images; found 3 readable, 1 unreadable"):
+        calibration_images(few, QuantizeOptions())
+    with pytest.raises(StdcError, match="no such folder"):
+        calibration_images(tmp_path / "absent", QuantizeOptions())
+    with pytest.raises(StdcError, match="--method"):
+        QuantizeOptions(method="kl").validate()
+
+
+def test_cli_quantize(fp32_onnx, calib_dir, tmp_path):
+    (calib_dir / "zz_broken.png").write_bytes(b"broken")
+    try:
+        out = tmp_path / "q.onnx"
+        result = CliRunner().invoke(app, ["quantize", str(fp32_onnx), "--calib", str(calib_dir), "-o", str(out),
+                                          "--method", "minmax", "--target", "cpu", "--num-images", "6"])
+        assert result.exit_code == 0, result.output
+        assert "calibrated on 6 images (minmax)" in result.stdout and "label agreement" in result.stdout
+        assert "skipped" in result.stderr and "zz_broken.png" in result.stderr
+        assert out.is_file() and [p.name for p in tmp_path.iterdir()] == ["q.onnx"]  # no scratch files left
+        again = CliRunner().invoke(app, ["quantize", str(out), "--calib", str(calib_dir)])
+        assert again.exit_code == 1 and "quantize an FP32 export (this one is int8)" in again.stderr
+    finally:
+        (calib_dir / "zz_broken.png").unlink()
