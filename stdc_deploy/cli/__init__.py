@@ -15,6 +15,7 @@ from .eval import eval_command
 from .infer import infer
 from .info import info
 from .quantize import quantize
+from .verify import verify
 
 app = typer.Typer(
     name="stdc",
@@ -46,6 +47,7 @@ app.add_typer(export.app, name="export")
 app.command()(infer)
 app.command()(bench)
 app.command()(quantize)
+app.command()(verify)
 app.command("eval")(eval_command)
 app.command()(info)
 app.command()(demo)

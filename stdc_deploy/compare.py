@@ -1,0 +1,101 @@
+"""`stdc verify`: compare any artifacts and backends on the same inputs, pair by pair.
+
+An artifact is written ``PATH`` or ``PATH@BACKEND`` or ``PATH@BACKEND:PRECISION`` (for
+example ``m.onnx@openvino:bf16``), so one file can be compared across runtimes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import open_backend
+from .errors import StdcError
+from .preprocess import normalize
+from .sources import IMAGE_SUFFIXES, read_image
+from .synthetic import synthetic_images
+from .verify import Parity, Tolerance, compare_logits, default_tolerance
+
+
+@dataclass(frozen=True)
+class ArtifactSpec:
+    path: Path
+    backend: str | None = None
+    precision: str = "fp32"
+
+    @classmethod
+    def parse(cls, text: str) -> ArtifactSpec:
+        path, _, rest = text.partition("@")
+        backend, _, precision = rest.partition(":")
+        return cls(Path(path), backend or None, precision or "fp32")
+
+    @property
+    def label(self) -> str:
+        extra = f"@{self.backend}" if self.backend else ""
+        extra += f":{self.precision}" if self.precision != "fp32" else ""
+        return f"{self.path.name}{extra}"
+
+
+@dataclass(frozen=True)
+class PairResult:
+    a: str
+    b: str
+    parity: Parity
+    tolerance: Tolerance
+
+    @property
+    def passes(self) -> bool:
+        return self.parity.passes(self.tolerance)
+
+
+def load_inputs(images: Path | None, count: int) -> list[np.ndarray]:
+    """BGR images: up to ``count`` from a folder, or seeded street-like synthetic ones."""
+    if images is None:
+        return synthetic_images(count, 512, 1024, seed=123)
+    if not images.is_dir():
+        raise StdcError("no such folder", images)
+    files = sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    if not files:
+        raise StdcError("no images in this folder", images)
+    return [read_image(p) for p in files]
+
+
+def verify_artifacts(specs: Sequence[ArtifactSpec], images: Sequence[np.ndarray], size: tuple[int, int] | None = None,
+                     tolerance: Tolerance | None = None) -> tuple[list[str], tuple[int, int], list[PairResult]]:
+    """Run every artifact on the same normalised inputs and compare every pair."""
+    if len(specs) < 2:
+        raise StdcError("give at least two artifacts to compare")
+    backends = [open_backend(s.path, backend=s.backend, precision=s.precision) for s in specs]
+    try:
+        for b in backends:
+            b.open()
+        fixed = {(b.input_spec.height, b.input_spec.width) for b in backends if b.input_spec.height is not None}
+        if len(fixed) > 1:
+            raise StdcError(f"these models take different fixed sizes: {sorted(fixed)}")
+        if fixed:
+            common = fixed.pop()
+            if size is not None and tuple(size) != common:
+                raise StdcError(f"a model here takes {common[0]}x{common[1]} only, not --size {size[0]}x{size[1]}")
+            size = common
+        size = tuple(size) if size else (backends[0].metadata.opt_height, backends[0].metadata.opt_width)
+        classes = {b.metadata.num_classes for b in backends}
+        if len(classes) > 1:
+            raise StdcError(f"the artifacts have different class counts: {sorted(classes)}")
+        outputs = []
+        for b in backends:
+            logits = [b.infer(normalize(image, b.metadata.mean, b.metadata.std, size=size)) for image in images]
+            outputs.append(np.concatenate(logits))
+        labels = [s.label for s in specs]
+        precisions = [b.effective_precision for b in backends]
+    finally:
+        for b in backends:
+            b.close()
+    pairs = []
+    for i, j in itertools.combinations(range(len(specs)), 2):
+        tol = tolerance or default_tolerance(precisions[i], precisions[j])
+        pairs.append(PairResult(labels[i], labels[j], compare_logits(outputs[i], outputs[j]), tol))
+    return labels, size, pairs
