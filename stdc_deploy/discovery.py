@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends import BACKENDS, KINDS
+from .backends import KINDS
 from .errors import StdcError
 
 MODELS_DIR = Path("models")
@@ -30,11 +30,18 @@ def _newest(paths: list[Path]) -> Path:
 
 
 def _usable_engines(engines: list[Path]) -> tuple[list[Path], list[str]]:
-    """Engines this machine can run. Until a TensorRT backend is registered in
-    :data:`BACKENDS`, none: they are listed as skipped so the user knows why."""
-    if engines and "tensorrt" not in BACKENDS:
-        return [], [f"{len(engines)} engine(s) in {ENGINES_DIR}/ skipped: no TensorRT backend in this version"]
-    return list(engines), []
+    """Engines this machine can run (TensorRT installed, same TensorRT version and GPU
+    model as their sidecar says); the others are listed with the reason."""
+    from .engine import engine_fits_this_machine
+
+    usable, skipped = [], []
+    for engine in engines:
+        fits, why = engine_fits_this_machine(engine)
+        if fits:
+            usable.append(engine)
+        else:
+            skipped.append(f"skipped {engine}: {why}")
+    return usable, skipped
 
 
 def find_default_model(models_dir: Path = MODELS_DIR, engines_dir: Path = ENGINES_DIR) -> Choice:

@@ -5,7 +5,7 @@
 | checkpoint (.pth, .pt, .tar, .ckpt) | torch (CPU, CUDA) |
 | TorchScript (.ts, .torchscript) | torch (CPU, CUDA) |
 | .onnx | onnxruntime (CPU, CUDA with onnxruntime-gpu), openvino (CPU) |
-| .engine / .plan | tensorrt (see `stdc build-engine`) |
+| .engine / .plan | tensorrt (CUDA; built by `stdc build-engine`) |
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from ..export.torchscript import read_torchscript_metadata
 from .base import PRECISIONS, Backend, InputSpec
 from .onnxruntime_backend import OnnxRuntimeBackend
 from .openvino_backend import OpenVinoBackend
+from .tensorrt_backend import TensorRTBackend
 from .torch_backend import TorchBackend
 
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, OnnxRuntimeBackend, OpenVinoBackend)}
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, OnnxRuntimeBackend, OpenVinoBackend,
+                                                      TensorRTBackend)}
 
 KINDS = {".pth": "checkpoint", ".pt": "checkpoint", ".tar": "checkpoint", ".ckpt": "checkpoint",
          ".ts": "torchscript", ".torchscript": "torchscript", ".onnx": "onnx", ".engine": "engine", ".plan": "engine"}
@@ -65,7 +67,9 @@ def artifact_metadata(path: str | Path) -> ArtifactMetadata:
         return ArtifactMetadata(arch=info.arch, num_classes=info.num_classes, input_height=None, input_width=None,
                                 batch=None, dynamic=True, classifier_bias=info.classifier_bias,
                                 source_format=info.source_format, checkpoint_sha256=info.sha256)
-    raise MissingDependencyError(f"{kind} artifacts need the TensorRT backend, which this version does not include", path)
+    from ..engine import read_sidecar
+
+    return read_sidecar(path).artifact_metadata
 
 
 def _cuda_available() -> bool:
@@ -75,6 +79,8 @@ def _cuda_available() -> bool:
 
 
 def default_device(kind: str) -> str:
+    if kind == "engine":
+        return "cuda"
     if not _cuda_available():
         return "cpu"
     if kind == "onnx":
@@ -100,6 +106,10 @@ def open_backend(artifact: str | Path, backend: str | None = None, device: str |
     if backend is None:
         candidates = [n for n in available_backends(kind)
                       if device.split(":")[0] in BACKENDS[n].devices and precision in BACKENDS[n].precisions]
+        if not candidates and kind == "engine" and not is_installed("tensorrt"):
+            from ..engine import INSTALL_HINT
+
+            raise MissingDependencyError(INSTALL_HINT, path)
         if not candidates:
             raise MissingDependencyError(
                 f"no installed backend runs {kind} artifacts on {device} at {precision} "
@@ -111,6 +121,10 @@ def open_backend(artifact: str | Path, backend: str | None = None, device: str |
         raise StdcError(f"backend {backend} cannot run {kind} artifacts (use {', '.join(BACKENDS_FOR_KIND[kind])})",
                         path)
     if not is_installed(backend):
+        if backend == "tensorrt":
+            from ..engine import INSTALL_HINT
+
+            raise MissingDependencyError(INSTALL_HINT, path)
         raise MissingDependencyError(f"backend {backend} is not installed")
     return BACKENDS[backend](path, artifact_metadata(path), device=device, precision=precision)
 

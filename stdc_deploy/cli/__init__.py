@@ -11,6 +11,7 @@ from . import export
 from .bench import bench
 from .common import State, setup_logging
 from .demo import demo
+from .engine import build_engine_command
 from .eval import eval_command
 from .infer import infer
 from .info import info
@@ -48,6 +49,7 @@ app.command()(infer)
 app.command()(bench)
 app.command()(quantize)
 app.command()(verify)
+app.command("build-engine")(build_engine_command)
 app.command("eval")(eval_command)
 app.command()(info)
 app.command()(demo)

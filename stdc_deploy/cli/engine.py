@@ -1,0 +1,42 @@
+"""`stdc build-engine`: a TensorRT engine (10.x / 11.x) from an ONNX export, with its sidecar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..engine import BuildOptions, build_engine
+from .common import command, console
+
+ENGINES_DIR = Path("engines")
+
+
+@command
+def build_engine_command(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX export (stdc export onnx).")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Engine file (default: engines/MODEL-PRECISION.engine).")] = None,
+    precision: Annotated[str, typer.Option(
+        "--precision", help="fp32, fp16 (FP16 ONNX first) or int8 (calibrated symmetric Q/DQ ONNX first).")] = "fp32",
+    calib: Annotated[Path | None, typer.Option("--calib", help="Calibration images for int8.")] = None,
+    calib_images: Annotated[int, typer.Option("--calib-images", help="Calibration images to use (at most).")] = 100,
+    shapes: Annotated[str | None, typer.Option(
+        "--shapes", help="Dynamic models: MIN:OPT:MAX input shapes, e.g. 1x512x1024:1x512x1024:4x1024x2048.")] = None,
+    workspace: Annotated[float, typer.Option("--workspace", help="Builder workspace, GiB.")] = 4.0,
+    timing_cache: Annotated[Path | None, typer.Option(
+        "--timing-cache", help="Timing cache file: read if present, updated after the build.")] = None,
+    device: Annotated[str, typer.Option("--device", help="cuda or cuda:N.")] = "cuda",
+) -> None:
+    """Build a TensorRT engine (strongly typed: the precision comes from the ONNX) and its sidecar JSON.
+
+    Without TensorRT or a usable GPU this exits 1, says how to install TensorRT, and writes nothing.
+    """
+    output = output or ENGINES_DIR / f"{model.stem}-{precision}.engine"
+    options = BuildOptions(precision=precision, calib=calib, calib_images=calib_images, shapes=shapes,
+                           workspace_gb=workspace, timing_cache=timing_cache, device=device)
+    with console.status("Building the TensorRT engine..."):
+        result = build_engine(model, output, options)
+    console.print(f"built {result.engine} ({result.size_bytes / 2**20:.1f} MiB, {precision}) from {result.onnx} "
+                  f"in {result.seconds:.0f} s; sidecar {result.sidecar}", highlight=False)

@@ -1,0 +1,315 @@
+"""TensorRT engines: build from ONNX (TensorRT 10 and 11 API), sidecar metadata, compatibility.
+
+TensorRT 11 has no builder precision flags and no INT8 calibrators: networks are strongly
+typed and the precision lives in the ONNX. So ``precision="fp16"`` first writes the FP16
+ONNX (FP32 I/O) and ``precision="int8"`` the calibrated symmetric Q/DQ ONNX, both verified
+on the CPU, and the engine is built from that file as it is. The same code builds on
+TensorRT 10.x (strongly typed network flag) and 11.x.
+
+An engine runs only on the TensorRT version and GPU model it was built with, so its facts
+go in a sidecar ``OUT.engine.json`` (never a header inside the plan, which would break
+trtexec); loading refuses an engine whose sidecar names another TensorRT or GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import MissingDependencyError, StdcError
+from .export.metadata import ArtifactMetadata
+from .fileio import atomic_write_bytes
+
+SIDECAR_FORMAT = 1
+INSTALL_HINT = ("TensorRT is not installed: pip install --extra-index-url https://pypi.nvidia.com tensorrt "
+                "(needs an NVIDIA GPU and driver; see README, 'TensorRT')")
+
+
+# -- shapes -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile for the (N, 3, H, W) input: min / opt / max shapes."""
+
+    min: tuple[int, int, int, int]
+    opt: tuple[int, int, int, int]
+    max: tuple[int, int, int, int]
+
+    def to_dict(self) -> dict:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+def _shape(text: str) -> tuple[int, int, int, int]:
+    parts = [int(p) for p in re.split(r"[xX]", text.strip())]
+    if len(parts) == 2:
+        parts = [1, *parts]
+    if len(parts) != 3 or min(parts) < 1:
+        raise StdcError(f"--shapes: {text!r} is not BATCHxHEIGHTxWIDTH (or HEIGHTxWIDTH)")
+    return (parts[0], 3, parts[1], parts[2])
+
+
+def parse_profile(text: str | None, metadata: ArtifactMetadata) -> Profile:
+    """``min:opt:max`` shapes (``1x512x1024:1x512x1024:4x1024x2048``) for a dynamic model;
+    a static model's one shape otherwise."""
+    if metadata.input_height is not None and metadata.batch is not None:
+        fixed = (metadata.batch, 3, metadata.input_height, metadata.input_width)
+        if text is not None and any(_shape(s) != fixed for s in text.split(":")):
+            raise StdcError(f"--shapes: this ONNX is static ({'x'.join(map(str, fixed))}); export with --dynamic "
+                            "for other shapes")
+        return Profile(fixed, fixed, fixed)
+    if text is None:
+        opt = (1, 3, metadata.opt_height, metadata.opt_width)
+        return Profile(opt, opt, opt)
+    parts = text.split(":")
+    if len(parts) != 3:
+        raise StdcError(f"--shapes {text!r}: expected MIN:OPT:MAX, e.g. 1x512x1024:1x512x1024:4x1024x2048")
+    low, opt, high = (_shape(p) for p in parts)
+    if not all(a <= b <= c for a, b, c in zip(low, opt, high)):
+        raise StdcError(f"--shapes {text!r}: need min <= opt <= max in every dimension")
+    return Profile(low, opt, high)
+
+
+# -- sidecar ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EngineSidecar:
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    profiles: tuple[dict, ...]
+    onnx_sha256: str
+    onnx_file: str
+    tool_version: str
+    metadata: dict  # the artifact metadata (ArtifactMetadata.to_props of the engine's ONNX)
+    built_at: str = ""
+    build_seconds: float = 0.0
+    format: int = SIDECAR_FORMAT
+    layers: list = field(default_factory=list)  # from the engine inspector, when available
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @property
+    def artifact_metadata(self) -> ArtifactMetadata:
+        return ArtifactMetadata.from_props(self.metadata)
+
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    return Path(f"{os.fspath(engine)}.json")
+
+
+def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
+    path = sidecar_path(engine)
+    if not path.is_file():
+        raise StdcError(f"no sidecar {path.name} beside this engine (it records the TensorRT version, GPU and "
+                        "metadata); rebuild it with `stdc build-engine`", engine)
+    try:
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(EngineSidecar)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["profiles"] = tuple(data.get("profiles", ()))
+        return EngineSidecar(**data)
+    except (ValueError, TypeError) as exc:
+        raise StdcError(f"unreadable engine sidecar ({type(exc).__name__})", path) from None
+
+
+def check_compatible(sidecar: EngineSidecar, tensorrt_version: str, gpu_name: str, compute_capability: str,
+                     engine: str | os.PathLike) -> None:
+    """Refuse an engine built with another TensorRT version or GPU model, saying how to fix it."""
+    problems = []
+    if sidecar.tensorrt_version != tensorrt_version:
+        problems.append(f"built with TensorRT {sidecar.tensorrt_version}, this machine has {tensorrt_version}")
+    if sidecar.gpu_name != gpu_name or sidecar.compute_capability != compute_capability:
+        problems.append(f"built for {sidecar.gpu_name} (sm {sidecar.compute_capability}), this GPU is {gpu_name} "
+                        f"(sm {compute_capability})")
+    if problems:
+        raise StdcError("; ".join(problems) + f"; rebuild it here: stdc build-engine {sidecar.onnx_file}", engine)
+
+
+# -- environment ------------------------------------------------------------------------------------
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError(INSTALL_HINT) from None
+    return tensorrt
+
+
+def this_gpu(device: str = "cuda") -> tuple[str, str]:
+    """(name, compute capability) of the CUDA device, or a clear error."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise StdcError("TensorRT needs a CUDA GPU, and PyTorch sees none (check the driver and a CUDA build of torch)")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    props = torch.cuda.get_device_properties(index)
+    return props.name, f"{props.major}.{props.minor}"
+
+
+def engine_fits_this_machine(engine: Path) -> tuple[bool, str]:
+    """Whether ``engine`` can run here, and why not."""
+    try:
+        trt = import_tensorrt()
+        name, capability = this_gpu()
+        check_compatible(read_sidecar(engine), trt.__version__, name, capability, engine)
+    except StdcError as exc:
+        return False, exc.message
+    return True, ""
+
+
+# -- build ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp32"
+    calib: Path | None = None  # images for int8
+    calib_images: int = 100
+    shapes: str | None = None
+    workspace_gb: float = 4.0
+    timing_cache: Path | None = None
+    device: str = "cuda"
+
+    def validate(self) -> None:
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise StdcError(f"--precision {self.precision!r}: choose fp32, fp16 or int8")
+        if self.precision == "int8" and self.calib is None:
+            raise StdcError("--precision int8 needs --calib DIR (real images for calibration)")
+        if not 0 < self.workspace_gb <= 1024:
+            raise StdcError(f"--workspace {self.workspace_gb}: give GiB between 0 and 1024")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    engine: Path
+    sidecar: Path
+    onnx: Path  # the file the engine was built from (FP16 / Q/DQ for reduced precision)
+    seconds: float
+    size_bytes: int
+
+
+def prepare_onnx(onnx_path: Path, output: Path, options: BuildOptions) -> Path:
+    """The ONNX the engine is built from: as given (fp32), or its FP16 / Q/DQ INT8 form,
+    written beside the engine and verified on the CPU first."""
+    from .export.onnx import read_onnx_metadata
+
+    meta = read_onnx_metadata(onnx_path)
+    if options.precision == "fp32" or meta.precision == options.precision:
+        return onnx_path
+    if meta.precision != "fp32":
+        raise StdcError(f"this ONNX is {meta.precision}; --precision {options.precision} needs the FP32 export",
+                        onnx_path)
+    target = output.with_name(f"{output.stem}.{options.precision}.onnx")
+    if options.precision == "int8":
+        from .export.quantize import QuantizeOptions, quantize_onnx
+
+        quantize_onnx(onnx_path, options.calib, target,
+                      QuantizeOptions(target="tensorrt", num_images=options.calib_images))
+        return target
+    return convert_onnx_fp16(onnx_path, target)
+
+
+def convert_onnx_fp16(onnx_path: Path, target: Path) -> Path:
+    """FP16 ONNX (FP32 I/O) from an FP32 ONNX, checked in ONNX Runtime against it."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from .export.onnx import read_onnx_metadata, to_fp16
+    from .preprocess import normalize
+    from .synthetic import synthetic_images
+    from .verify import FP16_TOLERANCE, compare_logits
+
+    meta = read_onnx_metadata(onnx_path)
+    proto = to_fp16(onnx.load(str(onnx_path)))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props["precision"] = "fp16"
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, props)
+    onnx.checker.check_model(proto, full_check=True)
+    data = proto.SerializeToString()
+    size = (meta.input_height or meta.opt_height, meta.input_width or meta.opt_width)
+    x = normalize(synthetic_images(meta.batch or 1, *size, seed=0), meta.mean, meta.std)
+    a = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {meta.input_name: x})[0]
+    b = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {meta.input_name: x})[0]
+    parity = compare_logits(a, np.asarray(b))
+    if not parity.passes(FP16_TOLERANCE):
+        raise StdcError(f"the FP16 conversion does not verify against FP32: {parity.describe()}", onnx_path)
+    atomic_write_bytes(target, data)
+    return target
+
+
+def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
+                 options: BuildOptions = BuildOptions()) -> BuildResult:
+    """Build a serialized engine with the TensorRT 10/11 Python API; atomic engine + sidecar."""
+    options.validate()
+    onnx_path, output = Path(onnx_path), Path(output)
+    if not onnx_path.is_file():
+        raise StdcError("no such file", onnx_path)
+    trt = import_tensorrt()  # before any work: no partial files without TensorRT
+    gpu_name, capability = this_gpu(options.device)
+    start = time.perf_counter()
+    source = prepare_onnx(onnx_path, output, options)
+    from .export.onnx import read_onnx_metadata
+
+    meta = read_onnx_metadata(source)
+    profile = parse_profile(options.shapes, meta)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        builder = trt.Builder(logger)
+    except TypeError as exc:  # "factory function returned nullptr": CUDA could not initialise
+        raise StdcError(f"TensorRT cannot initialise CUDA on this machine ({exc})") from None
+    flags = 0
+    creation = trt.NetworkDefinitionCreationFlag
+    if hasattr(creation, "STRONGLY_TYPED"):  # TRT 10.x; TRT 11 networks are always strongly typed
+        flags |= 1 << int(creation.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise StdcError(f"TensorRT's ONNX parser failed: {errors}", source)
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * 2**30))
+    if any(d is None or d < 0 for d in network.get_input(0).shape):
+        trt_profile = builder.create_optimization_profile()
+        trt_profile.set_shape(meta.input_name, profile.min, profile.opt, profile.max)
+        config.add_optimization_profile(trt_profile)
+    cache_bytes = options.timing_cache.read_bytes() if options.timing_cache and options.timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise StdcError("TensorRT could not build an engine from this ONNX (see the messages above)", source)
+    plan_bytes = bytes(plan)
+    if options.timing_cache:
+        atomic_write_bytes(options.timing_cache, bytes(config.get_timing_cache().serialize()))
+    layers = []
+    try:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(plan_bytes)
+        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        layers = json.loads(info).get("Layers", [])[:2000]
+    except Exception:  # noqa: BLE001 - the inspector is optional information
+        layers = []
+    sidecar = EngineSidecar(
+        tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
+        precision=options.precision, profiles=(profile.to_dict(),),
+        onnx_sha256=hashlib.sha256(source.read_bytes()).hexdigest(), onnx_file=str(onnx_path),
+        tool_version=__version__, metadata=dataclasses.replace(meta, precision=options.precision).to_props(),
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), build_seconds=time.perf_counter() - start,
+        layers=layers)
+    atomic_write_bytes(output, plan_bytes)
+    try:
+        atomic_write_bytes(sidecar_path(output), sidecar.to_json().encode())
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+    return BuildResult(output, sidecar_path(output), source, time.perf_counter() - start, len(plan_bytes))

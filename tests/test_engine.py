@@ -1,0 +1,164 @@
+"""TensorRT engines: everything around the build that runs without TensorRT, and the build
+itself where TensorRT and a GPU exist."""
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from stdc_deploy.backends import artifact_metadata, open_backend
+from stdc_deploy.checkpoint import load_model
+from stdc_deploy.cli import app
+from stdc_deploy.discovery import find_default_model
+from stdc_deploy.engine import (
+    BuildOptions,
+    EngineSidecar,
+    check_compatible,
+    convert_onnx_fp16,
+    parse_profile,
+    read_sidecar,
+    sidecar_path,
+)
+from stdc_deploy.errors import MissingDependencyError, StdcError
+from stdc_deploy.export import OnnxExportOptions, export_onnx, read_onnx_metadata
+
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+SOURCES = Path(__file__).resolve().parents[1] / "stdc_deploy"
+
+
+@pytest.fixture(scope="module")
+def onnx_models(official_checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    model, info = load_model(official_checkpoints["stdc1"])
+    static = export_onnx(model, root / "static.onnx", OnnxExportOptions(height=64, width=128), checkpoint=info).path
+    dynamic = export_onnx(model, root / "dynamic.onnx", OnnxExportOptions(height=64, width=128, dynamic=True),
+                          checkpoint=info).path
+    return {"static": static, "dynamic": dynamic}
+
+
+def sidecar_for(onnx_path: Path, **changes) -> EngineSidecar:
+    fields = dict(tensorrt_version="10.14.1", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0",
+                  precision="fp16", profiles=({"min": [1, 3, 64, 128], "opt": [1, 3, 64, 128], "max": [1, 3, 64, 128]},),
+                  onnx_sha256="0" * 64, onnx_file=str(onnx_path), tool_version="0.1.0",
+                  metadata=read_onnx_metadata(onnx_path).to_props())
+    fields.update(changes)
+    return EngineSidecar(**fields)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the behaviour without TensorRT")
+def test_build_engine_without_tensorrt_fails_cleanly(onnx_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["build-engine", str(onnx_models["static"]), "--precision", "fp16"])
+    assert result.exit_code == 1
+    assert "TensorRT is not installed: pip install --extra-index-url https://pypi.nvidia.com tensorrt" in result.stderr
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in onnx_models["static"].parent.iterdir()) == [
+        "dynamic.onnx", "static.onnx"]  # no engine, sidecar or FP16 ONNX left anywhere
+
+
+def test_build_options_validation():
+    with pytest.raises(StdcError, match="needs --calib"):
+        BuildOptions(precision="int8").validate()
+    with pytest.raises(StdcError, match="choose fp32, fp16 or int8"):
+        BuildOptions(precision="bf8").validate()
+
+
+def test_profiles(onnx_models):
+    static, dynamic = (read_onnx_metadata(onnx_models[k]) for k in ("static", "dynamic"))
+    assert parse_profile(None, static).opt == (1, 3, 64, 128)
+    with pytest.raises(StdcError, match="this ONNX is static"):
+        parse_profile("1x64x128:1x64x128:2x64x128", static)
+    assert parse_profile(None, dynamic).max == (1, 3, 64, 128)
+    profile = parse_profile("1x256x512:2x512x1024:4x1024x2048", dynamic)
+    assert (profile.min, profile.opt, profile.max) == ((1, 3, 256, 512), (2, 3, 512, 1024), (4, 3, 1024, 2048))
+    assert parse_profile("64x128:512x1024:1024x2048", dynamic).min == (1, 3, 64, 128)
+    with pytest.raises(StdcError, match="min <= opt <= max"):
+        parse_profile("1x512x1024:1x256x512:1x1024x2048", dynamic)
+    with pytest.raises(StdcError, match="expected MIN:OPT:MAX"):
+        parse_profile("1x512x1024", dynamic)
+
+
+def test_sidecar_roundtrip_and_compatibility(onnx_models, tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    with pytest.raises(StdcError, match="no sidecar m.engine.json beside this engine"):
+        read_sidecar(engine)
+    sidecar = sidecar_for(onnx_models["static"])
+    sidecar_path(engine).write_text(sidecar.to_json())
+    loaded = read_sidecar(engine)
+    assert loaded == sidecar and json.loads(sidecar_path(engine).read_text())["format"] == 1
+    meta = artifact_metadata(engine)  # engines describe themselves through their sidecar
+    assert (meta.arch, meta.num_classes, meta.input_height) == ("stdc1", 19, 64)
+    check_compatible(loaded, "10.14.1", "NVIDIA H100 80GB HBM3", "9.0", engine)
+    with pytest.raises(StdcError, match=r"built with TensorRT 10\.14\.1, this machine has 11\.0\.0.*rebuild it here"):
+        check_compatible(loaded, "11.0.0", "NVIDIA H100 80GB HBM3", "9.0", engine)
+    with pytest.raises(StdcError, match=r"built for NVIDIA H100 80GB HBM3 \(sm 9\.0\), this GPU is NVIDIA L4 \(sm 8\.9\)"):
+        check_compatible(loaded, "10.14.1", "NVIDIA L4", "8.9", engine)
+    sidecar_path(engine).write_text("{broken")
+    with pytest.raises(StdcError, match="unreadable engine sidecar"):
+        read_sidecar(engine)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the behaviour without TensorRT")
+def test_engines_route_to_tensorrt_and_are_skipped_here(onnx_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("engines").mkdir()
+    Path("models").mkdir()
+    engine = Path("engines/m.engine")
+    engine.write_bytes(b"plan")
+    sidecar_path(engine).write_text(sidecar_for(onnx_models["static"]).to_json())
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
+        open_backend(engine)
+    (Path("models") / "m.onnx").write_bytes(onnx_models["static"].read_bytes())
+    choice = find_default_model()
+    assert choice.path == Path("models/m.onnx")
+    assert choice.skipped == ("skipped engines/m.engine: " + "TensorRT is not installed: pip install "
+                              "--extra-index-url https://pypi.nvidia.com tensorrt (needs an NVIDIA GPU and driver; "
+                              "see README, 'TensorRT')",)
+
+
+def test_fp16_onnx_for_the_engine(onnx_models, tmp_path):
+    target = convert_onnx_fp16(onnx_models["dynamic"], tmp_path / "m.fp16.onnx")
+    meta = read_onnx_metadata(target)
+    assert meta.precision == "fp16" and meta.dynamic
+    proto = onnx.load(str(target))
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+
+
+def test_tensorrt_code_follows_the_current_api():
+    """No removed or deprecated TensorRT API, no pycuda (TensorRT 10/11 rules)."""
+    code = "\n".join((SOURCES / name).read_text() for name in ("engine.py", "backends/tensorrt_backend.py"))
+    code = re.sub(r'""".*?"""', "", code, flags=re.S)  # docstrings may name what is avoided
+    for banned in ("EXPLICIT_BATCH", "BuilderFlag.FP16", "BuilderFlag.INT8", "int8_calibrator", "IInt8",
+                   "pycuda", "get_binding", "execute_v2", "execute_async_v2", "max_workspace_size"):
+        assert banned not in code, banned
+    for required in ("execute_async_v3", "set_input_shape", "set_tensor_address", "build_serialized_network",
+                     "set_memory_pool_limit", "create_optimization_profile", "create_timing_cache", "STRONGLY_TYPED"):
+        assert required in code, required
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(not HAS_TRT, reason="TensorRT is not installed")
+def test_build_and_run_engine(onnx_models, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    from stdc_deploy.engine import build_engine
+    from stdc_deploy.preprocess import normalize
+    from stdc_deploy.synthetic import synthetic_images
+    from stdc_deploy.verify import compare_logits
+
+    result = build_engine(onnx_models["dynamic"], tmp_path / "m.engine",
+                          BuildOptions(shapes="1x64x128:1x64x128:2x128x256"))
+    x = normalize(synthetic_images(2, 96, 160, seed=1))
+    with open_backend(result.engine) as trt_backend, open_backend(onnx_models["dynamic"], device="cpu") as ort_backend:
+        assert trt_backend.name == "tensorrt"
+        parity = compare_logits(ort_backend.infer(x), trt_backend.infer(x))
+    assert parity.label_agreement > 0.999 and np.isfinite(parity.max_abs_error)
