@@ -12,7 +12,8 @@ from stdc_deploy.preprocess import normalize
 from stdc_deploy.synthetic import synthetic_images
 from stdc_deploy.verify import compare_logits
 
-CASES = [("checkpoint", "torch", "fp32"), ("torchscript", "torch", "fp32"), ("onnx", "onnxruntime", "fp32"),
+CASES = [("checkpoint", "torch", "fp32"), ("torchscript", "torch", "fp32"), ("pt2", "torch", "fp32"),
+         ("onnx", "onnxruntime", "fp32"),
          ("onnx", "openvino", "fp32"), ("onnx", "openvino", "bf16")]
 
 
@@ -23,7 +24,10 @@ def artifacts(official_checkpoints, tmp_path_factory):
     model, info = load_model(ckpt)
     export_onnx(model, onnx_path, OnnxExportOptions(height=64, width=128, batch=2), checkpoint=info)
     ts_path = export_torchscript(model, onnx_path.with_suffix(".ts"), 64, 128, checkpoint=info).path
-    return {"checkpoint": ckpt, "onnx": onnx_path, "torchscript": ts_path, "model": model}
+    from stdc_deploy.export.pt2 import export_pt2
+
+    pt2_path = export_pt2(model, onnx_path.with_suffix(".pt2"), 64, 128, checkpoint=info).path
+    return {"checkpoint": ckpt, "onnx": onnx_path, "torchscript": ts_path, "pt2": pt2_path, "model": model}
 
 
 @pytest.mark.parametrize("kind, backend, precision", CASES)
@@ -82,7 +86,7 @@ def test_unknown_files(tmp_path):
         artifact_kind(tmp_path / "model.txt")
     with pytest.raises(StdcError, match="no such file"):
         open_backend(tmp_path / "absent.onnx")
-    assert set(BACKENDS_FOR_KIND) == {"checkpoint", "torchscript", "onnx", "engine"}
+    assert set(BACKENDS_FOR_KIND) == {"checkpoint", "torchscript", "pt2", "onnx", "engine"}
 
 
 def test_torchscript_carries_metadata_and_runs_at_any_size(artifacts, tmp_path):
@@ -99,3 +103,17 @@ def test_torchscript_carries_metadata_and_runs_at_any_size(artifacts, tmp_path):
     bogus.write_bytes(b"not a zip")
     with pytest.raises(StdcError, match="bogus.ts: not a readable TorchScript archive"):
         artifact_metadata(bogus)
+
+
+@pytest.mark.slow
+def test_aoti_package_cpu(artifacts, tmp_path):
+    """AOTInductor on the CPU: compiles with the C++ compiler (about 45 s here), loads, matches."""
+    from stdc_deploy.export.pt2 import export_pt2, is_aoti_package
+
+    result = export_pt2(artifacts["model"], tmp_path / "m-aoti.pt2", 64, 128, aoti=True)
+    assert is_aoti_package(result.path) and all(p.label_agreement == 1.0 for p in result.parity)
+    x = normalize(synthetic_images(2, 72, 100, seed=5))
+    with torch.no_grad():
+        reference = artifacts["model"](torch.from_numpy(x)).numpy()
+    with open_backend(result.path, device="cpu") as backend:
+        assert compare_logits(reference, backend.infer(x)).max_abs_error < 1e-3

@@ -4,6 +4,7 @@
 |---|---|
 | checkpoint (.pth, .pt, .tar, .ckpt) | torch (CPU, CUDA) |
 | TorchScript (.ts, .torchscript) | torch (CPU, CUDA) |
+| torch.export / AOTInductor (.pt2) | torch (CPU, CUDA; AOTInductor packages on the device they were compiled for) |
 | .onnx | onnxruntime (CPU, CUDA with onnxruntime-gpu), openvino (CPU) |
 | .engine / .plan | tensorrt (CUDA; built by `stdc build-engine`) |
 """
@@ -28,10 +29,12 @@ BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, OnnxRunt
                                                       TensorRTBackend)}
 
 KINDS = {".pth": "checkpoint", ".pt": "checkpoint", ".tar": "checkpoint", ".ckpt": "checkpoint",
-         ".ts": "torchscript", ".torchscript": "torchscript", ".onnx": "onnx", ".engine": "engine", ".plan": "engine"}
+         ".ts": "torchscript", ".torchscript": "torchscript", ".pt2": "pt2", ".onnx": "onnx", ".engine": "engine",
+         ".plan": "engine"}
 # per artifact kind, in order of preference (measured on CPU: ONNX Runtime FP32 is faster
 # than OpenVINO FP32 on this project's machines; OpenVINO BF16 is offered as a precision)
-BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "torchscript": ("torch",), "onnx": ("onnxruntime", "openvino"),
+BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "torchscript": ("torch",), "pt2": ("torch",),
+                     "onnx": ("onnxruntime", "openvino"),
                      "engine": ("tensorrt",)}
 _MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
@@ -62,6 +65,10 @@ def artifact_metadata(path: str | Path) -> ArtifactMetadata:
         return read_onnx_metadata(path)
     if kind == "torchscript":
         return read_torchscript_metadata(path)
+    if kind == "pt2":
+        from ..export.pt2 import read_pt2_metadata
+
+        return read_pt2_metadata(path)
     if kind == "checkpoint":
         _, info = inspect_checkpoint(read_state_dict(path), path=path)
         return ArtifactMetadata(arch=info.arch, num_classes=info.num_classes, input_height=None, input_width=None,

@@ -1,4 +1,5 @@
-"""PyTorch backend for checkpoints (eager) and TorchScript: CPU, or CUDA with FP16 and channels_last."""
+"""PyTorch backend for checkpoints (eager), TorchScript and .pt2 (torch.export / AOTInductor): CPU, or CUDA
+with FP16 and channels_last."""
 
 from __future__ import annotations
 
@@ -20,7 +21,18 @@ class TorchBackend(Backend):
             raise StdcError("device cuda requested but PyTorch sees no CUDA GPU")
         if self.precision == "fp16" and not self.device.startswith("cuda"):
             raise StdcError("fp16 with PyTorch needs --device cuda (use bf16 on the CPU)")
-        if self.artifact.suffix.lower() in (".ts", ".torchscript"):
+        if self.artifact.suffix.lower() == ".pt2":
+            from ..export.pt2 import is_aoti_package, load_pt2
+
+            if is_aoti_package(self.artifact):
+                if self.precision != "fp32":
+                    raise StdcError("an AOTInductor package runs at the precision it was compiled with; use fp32")
+                self._dtype = torch.float32
+                self._channels_last = False
+                self._model = load_pt2(self.artifact, self.device)
+                return
+            model = load_pt2(self.artifact)
+        elif self.artifact.suffix.lower() in (".ts", ".torchscript"):
             try:
                 model = torch.jit.load(str(self.artifact), map_location="cpu")
             except RuntimeError as exc:
@@ -30,14 +42,15 @@ class TorchBackend(Backend):
             model, _ = load_model(self.artifact)
         self._dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
         model = model.to(self.device, dtype=self._dtype)
-        if self.device.startswith("cuda"):
+        self._channels_last = self.device.startswith("cuda")
+        if self._channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self._model = model.eval()
+        self._model = model if self.artifact.suffix.lower() == ".pt2" else model.eval()  # exported: already eval
 
     @torch.inference_mode()
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(self.device, dtype=self._dtype, non_blocking=True)
-        if self.device.startswith("cuda"):
+        if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self._model(x).float().cpu().numpy()
 
@@ -52,7 +65,8 @@ class TorchBackend(Backend):
         if not self.device.startswith("cuda"):
             return super().model_only_runner(batch, cuda_graph)
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, dtype=self._dtype)
-        x = x.contiguous(memory_format=torch.channels_last)
+        if self._channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         model = self._model
         if not cuda_graph:
             def step() -> None:

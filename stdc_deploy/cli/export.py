@@ -13,7 +13,7 @@ from ..export import OnnxExportOptions, export_onnx, export_torchscript
 from ..verify import Tolerance
 from .common import ArchOption, NumClassesOption, OutputOption, SizeOption, command, console, parse_size
 
-app = typer.Typer(help="Export a checkpoint to ONNX or TorchScript.", no_args_is_help=True)
+app = typer.Typer(help="Export a checkpoint to ONNX, TorchScript or .pt2 (torch.export / AOTInductor).", no_args_is_help=True)
 
 MODELS_DIR = Path("models")
 
@@ -94,5 +94,32 @@ def torchscript_command(
         result = export_torchscript(model, output, height, width, checkpoint=info)
     for report in result.parity:
         console.print(f"  verified (TorchScript vs PyTorch) {report.describe()}", highlight=False)
+    console.print(f"{'Replaced' if replacing else 'Wrote'} {result.path} ({result.size_bytes / 2**20:.1f} MiB) "
+                  f"in {result.export_seconds:.1f} s", highlight=False)
+
+
+@app.command("pt2")
+@command
+def pt2_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Official, wrapped or MMSeg STDC-Seg checkpoint.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: models/CHECKPOINT-ARCH[-aoti].pt2).")] = None,
+    size: Annotated[str, typer.Option("--size", "-s", help="Example and verification size HxW (the artifact runs at any size).")] = "512x1024",
+    aoti: Annotated[bool, typer.Option("--aoti", help="Compile an AOTInductor package (C++ compiler needed; minutes).")] = False,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the artifact runs (AOTInductor compiles for it).")] = "cpu",
+    arch: ArchOption = None,
+    num_classes: NumClassesOption = None,
+) -> None:
+    """Export CHECKPOINT with torch.export (.pt2), or as an AOTInductor package with --aoti; verified against PyTorch."""
+    from ..export.pt2 import export_pt2
+
+    height, width = parse_size(size)
+    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
+    output = output or MODELS_DIR / f"{checkpoint.stem}-{info.arch}{'-aoti' if aoti else ''}.pt2"
+    replacing = output.exists()
+    with console.status("Compiling with AOTInductor..." if aoti else "Exporting and verifying..."):
+        result = export_pt2(model, output, height, width, aoti=aoti, device=device, checkpoint=info)
+    for report in result.parity:
+        console.print(f"  verified ({'AOTInductor' if aoti else 'torch.export'} vs PyTorch) {report.describe()}",
+                      highlight=False)
     console.print(f"{'Replaced' if replacing else 'Wrote'} {result.path} ({result.size_bytes / 2**20:.1f} MiB) "
                   f"in {result.export_seconds:.1f} s", highlight=False)
