@@ -162,3 +162,12 @@ def test_build_and_run_engine(onnx_models, tmp_path):
         assert trt_backend.name == "tensorrt"
         parity = compare_logits(ort_backend.infer(x), trt_backend.infer(x))
     assert parity.label_agreement > 0.999 and np.isfinite(parity.max_abs_error)
+
+
+def test_onnxruntime_tensorrt_route(onnx_models):
+    import onnxruntime
+
+    if "TensorrtExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("the TensorRT execution provider is installed here")
+    with pytest.raises(MissingDependencyError, match="TensorRT execution provider is not available"):
+        open_backend(onnx_models["static"], backend="onnxruntime-trt", device="cuda")

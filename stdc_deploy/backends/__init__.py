@@ -5,7 +5,7 @@
 | checkpoint (.pth, .pt, .tar, .ckpt) | torch (CPU, CUDA) |
 | TorchScript (.ts, .torchscript) | torch (CPU, CUDA) |
 | torch.export / AOTInductor (.pt2) | torch (CPU, CUDA; AOTInductor packages on the device they were compiled for) |
-| .onnx | onnxruntime (CPU, CUDA with onnxruntime-gpu), openvino (CPU) |
+| .onnx | onnxruntime (CPU, CUDA with onnxruntime-gpu), openvino (CPU), onnxruntime-trt (TensorRT EP) |
 | .engine / .plan | tensorrt (CUDA; built by `stdc build-engine`) |
 """
 
@@ -20,13 +20,13 @@ from ..export.metadata import ArtifactMetadata
 from ..export.onnx import read_onnx_metadata
 from ..export.torchscript import read_torchscript_metadata
 from .base import PRECISIONS, Backend, InputSpec
-from .onnxruntime_backend import OnnxRuntimeBackend
+from .onnxruntime_backend import OnnxRuntimeBackend, OnnxRuntimeTensorRTBackend
 from .openvino_backend import OpenVinoBackend
 from .tensorrt_backend import TensorRTBackend
 from .torch_backend import TorchBackend
 
 BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (TorchBackend, OnnxRuntimeBackend, OpenVinoBackend,
-                                                      TensorRTBackend)}
+                                                      TensorRTBackend, OnnxRuntimeTensorRTBackend)}
 
 KINDS = {".pth": "checkpoint", ".pt": "checkpoint", ".tar": "checkpoint", ".ckpt": "checkpoint",
          ".ts": "torchscript", ".torchscript": "torchscript", ".pt2": "pt2", ".onnx": "onnx", ".engine": "engine",
@@ -34,9 +34,10 @@ KINDS = {".pth": "checkpoint", ".pt": "checkpoint", ".tar": "checkpoint", ".ckpt
 # per artifact kind, in order of preference (measured on CPU: ONNX Runtime FP32 is faster
 # than OpenVINO FP32 on this project's machines; OpenVINO BF16 is offered as a precision)
 BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "torchscript": ("torch",), "pt2": ("torch",),
-                     "onnx": ("onnxruntime", "openvino"),
+                     "onnx": ("onnxruntime", "openvino", "onnxruntime-trt"),
                      "engine": ("tensorrt",)}
-_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+_MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt",
+            "onnxruntime-trt": "onnxruntime"}
 
 
 def artifact_kind(path: str | Path) -> str:
@@ -49,7 +50,13 @@ def artifact_kind(path: str | Path) -> str:
 
 
 def is_installed(backend: str) -> bool:
-    return importlib.util.find_spec(_MODULES[backend]) is not None
+    if importlib.util.find_spec(_MODULES[backend]) is None:
+        return False
+    if backend == "onnxruntime-trt":
+        import onnxruntime
+
+        return "TensorrtExecutionProvider" in onnxruntime.get_available_providers()
+    return True
 
 
 def available_backends(kind: str | None = None) -> list[str]:
@@ -132,6 +139,9 @@ def open_backend(artifact: str | Path, backend: str | None = None, device: str |
             from ..engine import INSTALL_HINT
 
             raise MissingDependencyError(INSTALL_HINT, path)
+        if backend == "onnxruntime-trt":
+            raise MissingDependencyError("the ONNX Runtime TensorRT execution provider is not available: install "
+                                         "onnxruntime-gpu and TensorRT (see README, 'TensorRT')")
         raise MissingDependencyError(f"backend {backend} is not installed")
     return BACKENDS[backend](path, artifact_metadata(path), device=device, precision=precision)
 

@@ -12,6 +12,18 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     devices = ("cpu", "cuda")
 
+    def _providers(self, ort) -> list:
+        if not self.device.startswith("cuda"):
+            return ["CPUExecutionProvider"]
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise MissingDependencyError(
+                "device cuda needs the CUDA execution provider: pip install 'stdc-deploy[gpu]' "
+                "(onnxruntime-gpu) in place of onnxruntime")
+        return [("CUDAExecutionProvider", {"device_id": self._device_index()}), "CPUExecutionProvider"]
+
+    def _device_index(self) -> int:
+        return int(self.device.split(":")[1]) if ":" in self.device else 0
+
     def _open(self) -> None:
         try:
             import onnxruntime as ort
@@ -24,14 +36,7 @@ class OnnxRuntimeBackend(Backend):
         # idle pool threads sleep instead of spinning: model-only speed is unchanged on this
         # project's CPUs, and pipeline threads (decode, pre/post-processing) get the cores
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if self.device.startswith("cuda"):
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise MissingDependencyError(
-                    "device cuda needs the CUDA execution provider: pip install 'stdc-deploy[gpu]' "
-                    "(onnxruntime-gpu) in place of onnxruntime")
-            index = int(self.device.split(":")[1]) if ":" in self.device else 0
-            providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+        providers = self._providers(ort)
         try:
             self._session = ort.InferenceSession(str(self.artifact), options, providers=providers)
         except Exception as exc:
@@ -44,3 +49,25 @@ class OnnxRuntimeBackend(Backend):
 
     def _close(self) -> None:
         self._session = None
+
+
+class OnnxRuntimeTensorRTBackend(OnnxRuntimeBackend):
+    """ONNX Runtime with its TensorRT execution provider (needs onnxruntime-gpu and TensorRT):
+    TensorRT builds and caches engines itself, with the ONNX's own precision (FP16 / Q/DQ
+    INT8 files as `stdc export` / `stdc quantize` write them). Engines are cached in
+    ``engines/ort-trt-cache`` so only the first session builds."""
+
+    name = "onnxruntime-trt"
+    devices = ("cuda",)
+    cache_dir = "engines/ort-trt-cache"
+
+    def _providers(self, ort) -> list:
+        if "TensorrtExecutionProvider" not in ort.get_available_providers():
+            raise MissingDependencyError(
+                "the ONNX Runtime TensorRT execution provider is not available: install onnxruntime-gpu and "
+                "TensorRT (pip install --extra-index-url https://pypi.nvidia.com tensorrt)")
+        index = self._device_index()
+        trt_options = {"device_id": index, "trt_engine_cache_enable": True, "trt_engine_cache_path": self.cache_dir,
+                       "trt_timing_cache_enable": True, "trt_timing_cache_path": self.cache_dir}
+        return [("TensorrtExecutionProvider", trt_options), ("CUDAExecutionProvider", {"device_id": index}),
+                "CPUExecutionProvider"]
