@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..export.quantize import METHODS, TARGETS, QuantizeOptions, quantize_onnx
+from ..export.quantize import METHODS, QuantizeOptions, quantize_onnx
 from .common import command, console, err_console
 
 
