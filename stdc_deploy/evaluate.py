@@ -28,6 +28,7 @@ from .backends import Backend
 from .errors import StdcError
 from .outputs import write_image
 from .postprocess import labels_official
+from .segmenter import put_until_stopped
 from .preprocess import normalize
 from .sources import IMAGE_SUFFIXES, read_image
 
@@ -186,16 +187,6 @@ class ModelResult:
         return Scores.from_confusion(self.confusion)
 
 
-def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            out.put(item, timeout=0.05)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 def _load(dataset: Dataset, samples: Sequence[Sample], stop: threading.Event, out: queue.Queue) -> None:
     try:
         for sample in samples:
@@ -204,11 +195,11 @@ def _load(dataset: Dataset, samples: Sequence[Sample], stop: threading.Event, ou
             if label.shape != image.shape[:2]:
                 raise StdcError(f"label is {label.shape[1]}x{label.shape[0]} but its image is "
                                 f"{image.shape[1]}x{image.shape[0]}", sample.label)
-            if not _put(out, (sample, image, label), stop):
+            if not put_until_stopped(out, (sample, image, label), stop):
                 return
-        _put(out, None, stop)
+        put_until_stopped(out, None, stop)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-        _put(out, exc, stop)
+        put_until_stopped(out, exc, stop)
 
 
 def evaluate(dataset: Dataset, backends: Sequence[Backend], scale: float | None = None, limit: int | None = None,

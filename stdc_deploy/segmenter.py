@@ -80,7 +80,8 @@ class _Failure:
 _END = object()
 
 
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+def put_until_stopped(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item``, waiting while the queue is full, unless ``stop`` is set first."""
     while not stop.is_set():
         try:
             q.put(item, timeout=0.05)
@@ -218,7 +219,7 @@ class Segmenter:
                 start = time.perf_counter()
                 tensor = self.preprocess([f.image for f in pending])
                 times.add("pre", time.perf_counter() - start)
-                ok = _put(to_infer, (list(pending), tensor), stop)
+                ok = put_until_stopped(to_infer, (list(pending), tensor), stop)
                 pending.clear()
                 return ok
 
@@ -239,23 +240,23 @@ class Segmenter:
                         except StdcError as exc:
                             frame.error = str(exc)
                     if frame.error is not None:
-                        if not flush() or not _put(to_infer, ([frame], None), stop):
+                        if not flush() or not put_until_stopped(to_infer, ([frame], None), stop):
                             return
                         continue
                     pending.append(frame)
                     if len(pending) >= batch and not flush():
                         return
                 flush()
-                _put(to_infer, _END, stop)
+                put_until_stopped(to_infer, _END, stop)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-                _put(to_infer, _Failure(exc), stop)
+                put_until_stopped(to_infer, _Failure(exc), stop)
 
         def run_inference() -> None:
             try:
                 while True:
                     item = _get(to_infer, stop)
                     if item is _END or isinstance(item, _Failure):
-                        _put(to_post, item, stop)
+                        put_until_stopped(to_post, item, stop)
                         return
                     group, tensor = item
                     logits = None
@@ -263,10 +264,10 @@ class Segmenter:
                         start = time.perf_counter()
                         logits = self.infer(tensor)
                         times.add("infer", time.perf_counter() - start)
-                    if not _put(to_post, (group, logits), stop):
+                    if not put_until_stopped(to_post, (group, logits), stop):
                         return
             except BaseException as exc:  # noqa: BLE001
-                _put(to_post, _Failure(exc), stop)
+                put_until_stopped(to_post, _Failure(exc), stop)
 
         def run_post() -> None:
             _yield_to_inference()
@@ -274,7 +275,7 @@ class Segmenter:
                 while True:
                     item = _get(to_post, stop)
                     if item is _END or isinstance(item, _Failure):
-                        _put(done, item, stop)
+                        put_until_stopped(done, item, stop)
                         return
                     group, logits = item
                     if logits is None:
@@ -285,10 +286,10 @@ class Segmenter:
                         times.add("post", time.perf_counter() - start)
                         results = [Prediction(f, lab) for f, lab in zip(group, labels)]
                     for result in results:
-                        if not _put(done, result, stop):
+                        if not put_until_stopped(done, result, stop):
                             return
             except BaseException as exc:  # noqa: BLE001
-                _put(done, _Failure(exc), stop)
+                put_until_stopped(done, _Failure(exc), stop)
 
         threads = [threading.Thread(target=fn, name=f"stdc-{fn.__name__}", daemon=True)
                    for fn in (produce, run_inference, run_post)]
