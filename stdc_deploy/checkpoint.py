@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 WRAPPER_KEYS = ("state_dict", "model", "net")
 _BACKBONE_ALIASES = re.compile(r"^cp\.backbone\.x(2|4|8|16|32)\.")
 _IMAGENET_HEAD = re.compile(r"^cp\.backbone\.(conv_last|fc|bn|linear)\.")
-_FEATURE_BLOCK = re.compile(r"^cp\.backbone\.features\.(\d+)\.")
+FEATURE_BLOCK = re.compile(r"^cp\.backbone\.features\.(\d+)\.")
 _AUX_HEAD = re.compile(rf"^({'|'.join(AUX_HEADS)})\.")
 CLASSIFIER = "conv_out.conv_out"
 
@@ -244,7 +244,7 @@ def remap_state_dict(state_dict: Mapping[str, torch.Tensor], *, keep_aux_heads: 
 
 def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
     """``stdc1``/``stdc2`` from the number of ``cp.backbone.features`` blocks."""
-    indices = {int(m.group(1)) for k in state_dict if (m := _FEATURE_BLOCK.match(k))}
+    indices = {int(m.group(1)) for k in state_dict if (m := FEATURE_BLOCK.match(k))}
     if not indices:
         raise CheckpointError(
             "not an STDC-Seg checkpoint: no 'cp.backbone.features.*' (or MMSeg "
@@ -346,46 +346,3 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, num_classes:
     for reason, count in info.dropped.items():
         log.debug("%s: ignored %d tensors: %s", path, count, reason)
     return model.eval(), info
-
-
-def to_official_state_dict(model: STDCSeg) -> dict[str, torch.Tensor]:
-    """The model's weights in the exact key layout the official training code writes.
-
-    Adds the backbone stage aliases and an ImageNet head (zeros and identity statistics:
-    the official model carries one, unused for segmentation) and drops the
-    ``num_batches_tracked`` counters that InPlaceABN layers do not have. Needs a model
-    built with ``aux_heads=True`` (official checkpoints always hold those heads).
-    """
-    if not model.aux_heads:
-        raise ValueError("official checkpoints carry the training heads: build the model with aux_heads=True")
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()
-          if not (k.endswith("num_batches_tracked") and not k.startswith("cp.backbone."))}
-    out = dict(sd)
-    # aliases: x2=features[:1], x4=features[1:2], x8/x16/x32 = the three stages
-    ends = model.cp.backbone.stage_ends
-    starts = [0, *ends[:-1]]
-    for name, start, end in zip(("x2", "x4", "x8", "x16", "x32"), starts, ends):
-        for key, value in sd.items():
-            if m := _FEATURE_BLOCK.match(key):
-                idx = int(m.group(1))
-                if start <= idx < end:
-                    # slicing nn.Sequential keeps the original indices
-                    out[f"cp.backbone.{name}.0.{idx}.{key[m.end():]}"] = value
-    width = model.cp.backbone.out_channels[-1]
-    head = max(1024, width)
-    out.update({
-        "cp.backbone.conv_last.conv.weight": torch.zeros(head, width, 1, 1),
-        "cp.backbone.conv_last.bn.weight": torch.ones(head),
-        "cp.backbone.conv_last.bn.bias": torch.zeros(head),
-        "cp.backbone.conv_last.bn.running_mean": torch.zeros(head),
-        "cp.backbone.conv_last.bn.running_var": torch.ones(head),
-        "cp.backbone.conv_last.bn.num_batches_tracked": torch.tensor(0),
-        "cp.backbone.fc.weight": torch.zeros(head, head),
-        "cp.backbone.bn.weight": torch.ones(head),
-        "cp.backbone.bn.bias": torch.zeros(head),
-        "cp.backbone.bn.running_mean": torch.zeros(head),
-        "cp.backbone.bn.running_var": torch.ones(head),
-        "cp.backbone.bn.num_batches_tracked": torch.tensor(0),
-        "cp.backbone.linear.weight": torch.zeros(1000, head),
-    })
-    return out

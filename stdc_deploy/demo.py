@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from .backends import open_backend
-from .checkpoint import load_model, to_official_state_dict
+from .checkpoint import load_model
+from .synthetic import to_official_state_dict
 from .export import OnnxExportOptions, OnnxExportResult, export_onnx
-from .fileio import atomic_output
+from .core.fileio import atomic_output
 from .preprocess import normalize
 from .synthetic import random_model, synthetic_images
 from .visualize import overlay

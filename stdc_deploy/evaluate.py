@@ -1,8 +1,9 @@
-"""`stdc eval`: mIoU of any artifact with the official STDC-Seg evaluation protocol.
+"""Accuracy (mIoU) of any artifact with the official STDC-Seg evaluation protocol.
 
-Per image: RGB, ImageNet normalisation, bilinear align_corners=True resize of the
-normalised image to the network input, logits, bilinear align_corners=True resize of the
-logits to the label size, argmax (computed exactly by :func:`labels_official`). Labels:
+Per image, through :class:`~stdc_deploy.segmenter.Segmenter` with the ``official``
+protocol (the same code ``stdc infer`` runs on images): RGB, ImageNet normalisation,
+bilinear align_corners=True resize of the normalised image to the network input, logits,
+bilinear align_corners=True resize of the logits to the label size, argmax. Labels:
 Cityscapes ``labelIds`` mapped to the 19 train ids, everything else ignored (255). One
 confusion matrix over the split; IoU = diag / (row + col - diag); mIoU is the mean over
 classes; pixel accuracy = diag / all counted pixels.
@@ -14,22 +15,18 @@ occurs, so this is the plain mean of the official code.
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from .backends import Backend
-from .errors import StdcError
+from .errors import InvalidValue, StdcError
 from .outputs import write_image
-from .postprocess import labels_official
-from .segmenter import put_until_stopped
-from .preprocess import normalize
+from .pipeline import Stage, run_pipeline
+from .segmenter import Segmenter
 from .sources import IMAGE_SUFFIXES, read_image
 
 # Cityscapes labelIds -> train ids (cityscapesscripts' labels.py); 255 = ignored
@@ -153,14 +150,6 @@ class Scores:
 
 # -- running ----------------------------------------------------------------------------------------
 
-def official_input(image_bgr: np.ndarray, size: tuple[int, int], mean, std) -> np.ndarray:
-    """Normalise at full resolution, then bilinear align_corners=True resize (the official way)."""
-    x = torch.from_numpy(normalize(image_bgr, mean, std))
-    if tuple(x.shape[2:]) != tuple(size):
-        x = torch.nn.functional.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
-    return x.numpy()
-
-
 def network_size(backend: Backend, image_hw: tuple[int, int], scale: float | None) -> tuple[int, int]:
     spec = backend.input_spec
     if scale is None:
@@ -187,27 +176,12 @@ class ModelResult:
         return Scores.from_confusion(self.confusion)
 
 
-def _load(dataset: Dataset, samples: Sequence[Sample], stop: threading.Event, out: queue.Queue) -> None:
-    try:
-        for sample in samples:
-            image = read_image(sample.image)
-            label = dataset.read_label(sample)
-            if label.shape != image.shape[:2]:
-                raise StdcError(f"label is {label.shape[1]}x{label.shape[0]} but its image is "
-                                f"{image.shape[1]}x{image.shape[0]}", sample.label)
-            if not put_until_stopped(out, (sample, image, label), stop):
-                return
-        put_until_stopped(out, None, stop)
-    except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-        put_until_stopped(out, exc, stop)
-
-
 def evaluate(dataset: Dataset, backends: Sequence[Backend], scale: float | None = None, limit: int | None = None,
              save_predictions: Path | None = None, on_image: Callable[[Sample], None] | None = None,
              prefetch: int = 4) -> list[ModelResult]:
     """Stream the dataset once; every backend sees every image; one confusion matrix each.
 
-    Images and labels are read by a background thread while the models run. With
+    Images and labels are read by a pipeline thread while the models run. With
     ``save_predictions`` the first model's predictions are written as label-id PNGs
     (Cityscapes submission format: ``<city>/<frame>_pred_labelIds.png``).
     """
@@ -215,30 +189,31 @@ def evaluate(dataset: Dataset, backends: Sequence[Backend], scale: float | None 
         if backend.metadata.num_classes != dataset.num_classes:
             raise StdcError(f"the model has {backend.metadata.num_classes} classes, the data "
                             f"{dataset.num_classes}", backend.artifact)
+    if limit is not None and limit < 1:
+        raise InvalidValue("limit", f"must be >= 1, got {limit}")
     samples = dataset.samples[:limit] if limit else dataset.samples
     results = [ModelResult(b.artifact.name, b.name, np.zeros((dataset.num_classes,) * 2, np.int64)) for b in backends]
-    loaded: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    loader = threading.Thread(target=_load, args=(dataset, samples, stop, loaded), daemon=True, name="stdc-eval-load")
-    loader.start()
-    try:
-        for item in iter(loaded.get, None):
-            if isinstance(item, BaseException):
-                raise item
-            sample, image, label = item
-            for backend, result in zip(backends, results):
-                size = network_size(backend, image.shape[:2], scale)
-                result.input_sizes.add(size)
-                logits = backend.infer(official_input(image, size, backend.metadata.mean, backend.metadata.std))
-                prediction = labels_official(logits[0], label.shape)
-                update_confusion(result.confusion, label, prediction)
-                if save_predictions is not None and result is results[0]:
-                    _save_prediction(save_predictions, sample, prediction, dataset)
-            if on_image:
-                on_image(sample)
-    finally:
-        stop.set()
-        loader.join()
+    segmenters = [Segmenter(b, protocol="official") for b in backends]  # borrowed: the caller closes them
+
+    def load(sample: Sample) -> tuple[Sample, np.ndarray, np.ndarray]:
+        image = read_image(sample.image)
+        label = dataset.read_label(sample)
+        if label.shape != image.shape[:2]:
+            raise StdcError(f"label is {label.shape[1]}x{label.shape[0]} but its image is "
+                            f"{image.shape[1]}x{image.shape[0]}", sample.label)
+        return sample, image, label
+
+    for sample, image, label in run_pipeline(samples, [Stage("load", load)], queue_size=prefetch):
+        for segmenter, result in zip(segmenters, results):
+            size = network_size(segmenter.backend, image.shape[:2], scale)
+            result.input_sizes.add(size)
+            logits = segmenter.infer(segmenter.preprocess([image], size=size))
+            prediction = segmenter.postprocess(logits, [label.shape])[0]
+            update_confusion(result.confusion, label, prediction)
+            if save_predictions is not None and result is results[0]:
+                _save_prediction(save_predictions, sample, prediction, dataset)
+        if on_image:
+            on_image(sample)
     return results
 
 
@@ -247,10 +222,3 @@ def _save_prediction(directory: Path, sample: Sample, prediction: np.ndarray, da
         write_image(directory / sample.group / f"{sample.name}_pred_labelIds.png", TRAIN_TO_LABEL[prediction])
     else:
         write_image(directory / f"{sample.name}.png", prediction.astype(np.uint8))
-
-
-def iter_rows(results: Sequence[ModelResult], class_names: Sequence[str]) -> Iterator[tuple[str, list[float | None]]]:
-    """(class name, IoU per model) rows of the per-class table."""
-    for c, name in enumerate(class_names):
-        yield name, [r.scores.iou[c] for r in results]
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import cv2
 import numpy as np
 
 from .errors import StdcError
-from .fileio import FILE_MODE, atomic_write_bytes
+from .core.fileio import atomic_write_bytes
 
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 _PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1]
@@ -46,12 +47,11 @@ class AtomicVideoWriter:
         if suffix not in FOURCC:
             raise StdcError(f"cannot write '{suffix}' videos (use one of {', '.join(sorted(FOURCC))})", self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".partial{suffix}", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._scratch = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".partial", dir=self.path.parent))
+        self._tmp = self._scratch / self.path.name
         self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*FOURCC[suffix]), fps, size)
         if not self._writer.isOpened():
-            self._tmp.unlink(missing_ok=True)
+            shutil.rmtree(self._scratch, ignore_errors=True)
             raise StdcError(f"OpenCV cannot encode {FOURCC[suffix]} video here", self.path)
         self.frames = 0
 
@@ -73,10 +73,11 @@ class AtomicVideoWriter:
             return self.path if keep else None
         self._writer.release()
         self._writer = None
-        if keep and self.frames:
-            os.chmod(self._tmp, FILE_MODE)
-            os.replace(self._tmp, self.path)
-            return self.path
-        self._tmp.unlink(missing_ok=True)
-        return None
+        try:
+            if keep and self.frames:
+                os.replace(self._tmp, self.path)
+                return self.path
+            return None
+        finally:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 

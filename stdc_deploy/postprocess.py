@@ -23,6 +23,8 @@ import functools
 import cv2
 import numpy as np
 
+from .sampling import align_corners_grid
+
 PROTOCOLS = ("official", "fast")
 
 
@@ -59,26 +61,11 @@ def _argmax(logits: np.ndarray, runner_up: bool) -> tuple[np.ndarray, np.ndarray
     return labels, second
 
 
-@functools.lru_cache(maxsize=16)
-def _align_corners_grid(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Source index pairs and weights of align_corners=True linear interpolation (as PyTorch)."""
-    if n_out > 1:
-        src = np.arange(n_out, dtype=np.float32) * np.float32((n_in - 1) / (n_out - 1))
-    else:
-        src = np.zeros(1, np.float32)
-    lo = np.minimum(src.astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    w = (src - lo).astype(np.float32)
-    for array in (lo, hi, w):
-        array.flags.writeable = False
-    return lo, hi, w
-
-
 @functools.lru_cache(maxsize=8)
 def _sampling_maps(in_size: tuple[int, int], out_size: tuple[int, int], nearest: bool) -> tuple[np.ndarray, np.ndarray]:
     """cv2.remap maps (fixed point) sending each output pixel to its source cell's top-left
     corner (``nearest=False``) or to the source pixel nearest its sampling point."""
-    (y0, _, wy), (x0, _, wx) = _align_corners_grid(in_size[0], out_size[0]), _align_corners_grid(in_size[1], out_size[1])
+    (y0, _, wy), (x0, _, wx) = align_corners_grid(in_size[0], out_size[0]), align_corners_grid(in_size[1], out_size[1])
     if nearest:
         y0 = np.minimum(y0 + (wy >= 0.5), in_size[0] - 1)
         x0 = np.minimum(x0 + (wx >= 0.5), in_size[1] - 1)
@@ -128,8 +115,8 @@ def _boundary_labels(logits: np.ndarray, low: np.ndarray, second: np.ndarray, ys
     strictly, it is the argmax over all classes; the rare other pixels score all classes.
     """
     num_classes, h, w = logits.shape
-    y0, y1, wy = _align_corners_grid(h, size[0])
-    x0, x1, wx = _align_corners_grid(w, size[1])
+    y0, y1, wy = align_corners_grid(h, size[0])
+    x0, x1, wx = align_corners_grid(w, size[1])
     fy, fx = wy[ys], wx[xs]
     corners = (y0[ys] * w + x0[xs], y0[ys] * w + x1[xs], y1[ys] * w + x0[xs], y1[ys] * w + x1[xs])
 
@@ -170,7 +157,7 @@ def labels_fast(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if low.shape == tuple(size):
         return low
     if low.dtype != np.uint8:
-        (y0, _, wy), (x0, _, wx) = _align_corners_grid(low.shape[0], size[0]), _align_corners_grid(low.shape[1], size[1])
+        (y0, _, wy), (x0, _, wx) = align_corners_grid(low.shape[0], size[0]), align_corners_grid(low.shape[1], size[1])
         return low[np.minimum(y0 + (wy >= 0.5), low.shape[0] - 1)][:, np.minimum(x0 + (wx >= 0.5), low.shape[1] - 1)]
     return _gather(low, size, nearest=True)
 

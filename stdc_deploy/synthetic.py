@@ -1,4 +1,5 @@
-"""Synthetic street-like images and random-weight models with realistic statistics.
+"""Synthetic street-like images, random-weight models with realistic statistics, and
+checkpoints written in the official training code's key layout.
 
 Used where no weights or data can be downloaded: tests, the demo and benchmarks.
 BatchNorm statistics are *measured* on varied images (not white noise, which leaves
@@ -15,6 +16,7 @@ from torch import nn
 
 import cv2
 
+from .checkpoint import FEATURE_BLOCK
 from .models import STDCSeg, create_model
 from .preprocess import normalize
 
@@ -87,3 +89,46 @@ def random_model(arch: str = "stdc1", num_classes: int = 19, *, seed: int = 0, a
     # trained STDC-Seg logits span roughly +-40; scale the classifier to match
     model.conv_out.conv_out.weight.data *= logit_scale
     return model.eval()
+
+
+def to_official_state_dict(model: STDCSeg) -> dict[str, torch.Tensor]:
+    """The model's weights in the exact key layout the official training code writes.
+
+    Adds the backbone stage aliases and an ImageNet head (zeros and identity statistics:
+    the official model carries one, unused for segmentation) and drops the
+    ``num_batches_tracked`` counters that InPlaceABN layers do not have. Needs a model
+    built with ``aux_heads=True`` (official checkpoints always hold those heads).
+    """
+    if not model.aux_heads:
+        raise ValueError("official checkpoints carry the training heads: build the model with aux_heads=True")
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()
+          if not (k.endswith("num_batches_tracked") and not k.startswith("cp.backbone."))}
+    out = dict(sd)
+    # aliases: x2=features[:1], x4=features[1:2], x8/x16/x32 = the three stages
+    ends = model.cp.backbone.stage_ends
+    starts = [0, *ends[:-1]]
+    for name, start, end in zip(("x2", "x4", "x8", "x16", "x32"), starts, ends):
+        for key, value in sd.items():
+            if m := FEATURE_BLOCK.match(key):
+                idx = int(m.group(1))
+                if start <= idx < end:
+                    # slicing nn.Sequential keeps the original indices
+                    out[f"cp.backbone.{name}.0.{idx}.{key[m.end():]}"] = value
+    width = model.cp.backbone.out_channels[-1]
+    head = max(1024, width)
+    out.update({
+        "cp.backbone.conv_last.conv.weight": torch.zeros(head, width, 1, 1),
+        "cp.backbone.conv_last.bn.weight": torch.ones(head),
+        "cp.backbone.conv_last.bn.bias": torch.zeros(head),
+        "cp.backbone.conv_last.bn.running_mean": torch.zeros(head),
+        "cp.backbone.conv_last.bn.running_var": torch.ones(head),
+        "cp.backbone.conv_last.bn.num_batches_tracked": torch.tensor(0),
+        "cp.backbone.fc.weight": torch.zeros(head, head),
+        "cp.backbone.bn.weight": torch.ones(head),
+        "cp.backbone.bn.bias": torch.zeros(head),
+        "cp.backbone.bn.running_mean": torch.zeros(head),
+        "cp.backbone.bn.running_var": torch.ones(head),
+        "cp.backbone.bn.num_batches_tracked": torch.tensor(0),
+        "cp.backbone.linear.weight": torch.zeros(1000, head),
+    })
+    return out

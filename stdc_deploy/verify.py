@@ -1,77 +1,122 @@
-"""Numerical comparison of two artifacts' outputs: max abs error and label agreement."""
+"""Cross-checking artifacts: run any artifacts and backends on the same inputs, compare every pair.
+
+An artifact is written ``PATH`` or ``PATH@BACKEND`` or ``PATH@BACKEND:PRECISION`` (for
+example ``m.onnx@openvino:bf16``), so one file can be compared across runtimes.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .backends import create_backend
+from .errors import InvalidValue, StdcError
+from .preprocess import normalize
+from .sources import IMAGE_SUFFIXES, read_image
+from .synthetic import synthetic_images
+from .parity import Parity, Tolerance, compare_logits, default_tolerance
+
 
 @dataclass(frozen=True)
-class Tolerance:
-    """Pass criteria for a comparison against a reference.
+class ArtifactSpec:
+    path: Path
+    backend: str | None = None
+    precision: str = "fp32"
 
-    The allowed error grows with the logits' range (``atol + rtol * max|reference|``):
-    float32 rounding differences between runtimes scale with the activations, and a
-    trained model's logits may span +-40 or +-150. Real export bugs (a wrong resize
-    mode, a missing bias) show up as errors of order 1 and a collapse in agreement.
+    @classmethod
+    def parse(cls, text: str) -> ArtifactSpec:
+        path, _, rest = text.partition("@")
+        backend, _, precision = rest.partition(":")
+        return cls(Path(path), backend or None, precision or "fp32")
+
+    @property
+    def label(self) -> str:
+        extra = f"@{self.backend}" if self.backend else ""
+        extra += f":{self.precision}" if self.precision != "fp32" else ""
+        return f"{self.path.name}{extra}"
+
+
+@dataclass(frozen=True)
+class PairResult:
+    a: str
+    b: str
+    parity: Parity
+    tolerance: Tolerance
+
+    @property
+    def passes(self) -> bool:
+        return self.parity.passes(self.tolerance)
+
+
+def load_inputs(images: Path | None, count: int) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    """(BGR images, skipped): up to ``count`` readable images from a folder (unreadable ones
+    are skipped and listed with the reason), or seeded street-like synthetic ones."""
+    if count < 1:
+        raise InvalidValue("num_images", f"must be >= 1, got {count}")
+    if images is None:
+        return synthetic_images(count, 512, 1024, seed=123), []
+    if not images.is_dir():
+        raise StdcError("no such folder", images)
+    files = sorted(p for p in images.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    loaded, skipped = [], []
+    for path in files:
+        if len(loaded) == count:
+            break
+        try:
+            loaded.append(read_image(path))
+        except StdcError as exc:
+            skipped.append((str(path), exc.message))
+    if not loaded:
+        raise StdcError("no readable images in this folder" if files else "no images in this folder", images)
+    return loaded, skipped
+
+
+def verify_artifacts(specs: Sequence[ArtifactSpec], images: Sequence[np.ndarray], size: tuple[int, int] | None = None,
+                     overrides: Mapping[str, float] | None = None) -> tuple[list[str], tuple[int, int], list[PairResult]]:
+    """Run every artifact on the same normalised inputs and compare every pair.
+
+    Each pair is judged by the default limits of its coarser precision
+    (:func:`default_tolerance`); ``overrides`` (``atol``, ``rtol``,
+    ``min_label_agreement``) replace single limits on top of those defaults.
     """
-
-    atol: float = 1e-3
-    rtol: float = 1e-4
-    min_label_agreement: float = 0.9995
-
-    def max_error_for(self, reference_abs_max: float) -> float:
-        return self.atol + self.rtol * reference_abs_max
-
-    def describe(self, reference_abs_max: float) -> str:
-        if self.atol == float("inf"):
-            return f"agreement >= {self.min_label_agreement:.2%} (no logit error limit)"
-        return (f"max abs error <= {self.max_error_for(reference_abs_max):.2e} "
-                f"({self.atol:g} + {self.rtol:g} x {reference_abs_max:.1f}), "
-                f"agreement >= {self.min_label_agreement:.2%}")
-
-
-# FP16 keeps 11 significant bits: errors of ~1% of the logit range are rounding, and
-# near-tie pixels flip (random weights have many; trained models far fewer).
-FP16_TOLERANCE = Tolerance(atol=0.05, rtol=0.02, min_label_agreement=0.98)
-
-
-@dataclass(frozen=True)
-class Parity:
-    """How closely ``test`` logits reproduce ``reference`` logits (both N, C, H, W)."""
-
-    shape: tuple[int, ...]
-    max_abs_error: float
-    mean_abs_error: float
-    reference_abs_max: float
-    label_agreement: float  # fraction of pixels whose argmax matches
-
-    def passes(self, tol: Tolerance) -> bool:
-        return (self.max_abs_error <= tol.max_error_for(self.reference_abs_max)
-                and self.label_agreement >= tol.min_label_agreement)
-
-    def describe(self) -> str:
-        size = "x".join(map(str, self.shape))
-        return (f"{size}: max abs error {self.max_abs_error:.2e} (logits within "
-                f"+-{self.reference_abs_max:.1f}), label agreement {self.label_agreement:.4%}")
-
-
-def compare_logits(reference: np.ndarray, test: np.ndarray) -> Parity:
-    if reference.shape != test.shape:
-        raise ValueError(f"output shapes differ: {reference.shape} vs {test.shape}")
-    ref = reference.astype(np.float32, copy=False)
-    diff = np.abs(ref - test.astype(np.float32, copy=False))
-    agreement = float(np.mean(ref.argmax(1) == test.argmax(1)))
-    return Parity(tuple(ref.shape), float(diff.max()), float(diff.mean()), float(np.abs(ref).max()), agreement)
-
-
-# INT8 logits are coarse by design: judge them by label agreement only
-INT8_TOLERANCE = Tolerance(atol=float("inf"), rtol=0.0, min_label_agreement=0.90)
-_RANK = {"fp32": 0, "bf16": 1, "fp16": 1, "int8": 2}
-
-
-def default_tolerance(*precisions: str) -> Tolerance:
-    """The tolerance for comparing artifacts of these precisions (the coarsest decides)."""
-    worst = max(_RANK.get(p, 0) for p in precisions)
-    return (Tolerance(), FP16_TOLERANCE, INT8_TOLERANCE)[worst]
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(Tolerance)}
+    if unknown:
+        raise InvalidValue("overrides", f"unknown limit(s) {', '.join(sorted(unknown))}")
+    if len(specs) < 2:
+        raise StdcError("give at least two artifacts to compare")
+    backends = [create_backend(s.path, backend=s.backend, precision=s.precision) for s in specs]
+    try:
+        for b in backends:
+            b.open()
+        fixed = {(b.input_spec.height, b.input_spec.width) for b in backends if b.input_spec.height is not None}
+        if len(fixed) > 1:
+            raise StdcError(f"these models take different fixed sizes: {sorted(fixed)}")
+        if fixed:
+            common = fixed.pop()
+            if size is not None and tuple(size) != common:
+                raise StdcError(f"a model here takes {common[0]}x{common[1]} only, not --size {size[0]}x{size[1]}")
+            size = common
+        size = tuple(size) if size else (backends[0].metadata.opt_height, backends[0].metadata.opt_width)
+        classes = {b.metadata.num_classes for b in backends}
+        if len(classes) > 1:
+            raise StdcError(f"the artifacts have different class counts: {sorted(classes)}")
+        outputs = []
+        for b in backends:
+            logits = [b.infer(normalize(image, b.metadata.mean, b.metadata.std, size=size, protocol="official")) for image in images]
+            outputs.append(np.concatenate(logits))
+        labels = [s.label for s in specs]
+        precisions = [b.effective_precision for b in backends]
+    finally:
+        for b in backends:
+            b.close()
+    pairs = []
+    for i, j in itertools.combinations(range(len(specs)), 2):
+        tol = dataclasses.replace(default_tolerance(precisions[i], precisions[j]), **overrides)
+        pairs.append(PairResult(labels[i], labels[j], compare_logits(outputs[i], outputs[j]), tol))
+    return labels, size, pairs

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from stdc_deploy.checkpoint import to_official_state_dict
+from stdc_deploy.synthetic import to_official_state_dict
 from stdc_deploy.preprocess import normalize
 from stdc_deploy.synthetic import random_model, synthetic_images
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from stdc_deploy.backends import BACKENDS_FOR_KIND, artifact_kind, available_backends, open_backend
+from stdc_deploy.backends import BACKENDS_FOR_KIND, artifact_kind, available_backends, create_backend, open_backend
 from stdc_deploy.checkpoint import load_model
 from stdc_deploy.errors import StdcError
 from stdc_deploy.export import OnnxExportOptions, export_onnx, export_torchscript
 from stdc_deploy.preprocess import normalize
 from stdc_deploy.synthetic import synthetic_images
-from stdc_deploy.verify import compare_logits
+from stdc_deploy.parity import compare_logits
 
 CASES = [("checkpoint", "torch", "fp32"), ("torchscript", "torch", "fp32"), ("pt2", "torch", "fp32"),
          ("onnx", "onnxruntime", "fp32"),
@@ -54,11 +54,11 @@ def test_backend_contract(artifacts, kind, backend, precision):
 
 
 def test_automatic_choice_on_cpu(artifacts):
-    assert open_backend(artifacts["checkpoint"], device="cpu").name == "torch"
-    assert open_backend(artifacts["torchscript"], device="cpu").name == "torch"
-    assert open_backend(artifacts["onnx"], device="cpu").name == "onnxruntime"
+    assert create_backend(artifacts["checkpoint"], device="cpu").name == "torch"
+    assert create_backend(artifacts["torchscript"], device="cpu").name == "torch"
+    assert create_backend(artifacts["onnx"], device="cpu").name == "onnxruntime"
     if "openvino" in available_backends("onnx"):
-        assert open_backend(artifacts["onnx"], device="cpu", precision="bf16").name == "openvino"
+        assert create_backend(artifacts["onnx"], device="cpu", precision="bf16").name == "openvino"
     else:
         with pytest.raises(StdcError, match="no installed backend runs onnx artifacts on cpu at bf16"):
             open_backend(artifacts["onnx"], device="cpu", precision="bf16")
@@ -71,7 +71,7 @@ def test_static_model_rejects_other_sizes(artifacts):
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"backend": "torch"}, "backend torch cannot run onnx artifacts"),
+    ({"backend": "torch"}, "torch cannot run onnx artifacts"),
     ({"backend": "nope"}, "unknown backend"),
     ({"precision": "int4"}, "unknown precision"),
     ({"backend": "onnxruntime", "precision": "fp16"}, "offers precision fp32"),
@@ -90,9 +90,9 @@ def test_unknown_files(tmp_path):
 
 
 def test_torchscript_carries_metadata_and_runs_at_any_size(artifacts, tmp_path):
-    from stdc_deploy.backends import artifact_metadata
+    from stdc_deploy.core.artifacts import read_metadata
 
-    meta = artifact_metadata(artifacts["torchscript"])
+    meta = read_metadata(artifacts["torchscript"])
     assert (meta.arch, meta.num_classes, meta.dynamic, meta.opt_height, meta.opt_width) == ("stdc1", 19, True, 64, 128)
     assert meta.checkpoint_sha256 is not None
     loaded = torch.jit.load(str(artifacts["torchscript"]))  # plain LibTorch loading, no stdc_deploy involved
@@ -102,7 +102,7 @@ def test_torchscript_carries_metadata_and_runs_at_any_size(artifacts, tmp_path):
     bogus = tmp_path / "bogus.ts"
     bogus.write_bytes(b"not a zip")
     with pytest.raises(StdcError, match="bogus.ts: not a readable TorchScript archive"):
-        artifact_metadata(bogus)
+        read_metadata(bogus)
 
 
 @pytest.mark.slow

@@ -85,7 +85,7 @@ def test_run_bench_rows(tiny_report):
 
 
 def test_json_and_csv_schema(tiny_report, tmp_path):
-    from stdc_deploy.bench import CSV_COLUMNS, write_csv, write_json
+    from stdc_deploy.bench.report import CSV_COLUMNS, write_csv, write_json
 
     write_json(tiny_report, tmp_path / "b.json")
     data = json.loads((tmp_path / "b.json").read_text())
@@ -132,7 +132,7 @@ def test_cli_bench_errors(args, message):
 
 
 def test_plot_needs_matplotlib_or_writes_png(tiny_report, tmp_path):
-    from stdc_deploy.bench import write_plot
+    from stdc_deploy.bench.report import write_plot
 
     try:
         import matplotlib  # noqa: F401

@@ -74,7 +74,7 @@ def test_overrides_are_checked(official_checkpoints):
 
 
 def test_other_class_counts_are_detected(tmp_path):
-    from stdc_deploy.checkpoint import to_official_state_dict
+    from stdc_deploy.synthetic import to_official_state_dict
     from stdc_deploy.models import create_model
 
     path = tmp_path / "camvid.pth"

@@ -11,21 +11,23 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from stdc_deploy.backends import artifact_metadata, open_backend
+from stdc_deploy.backends import open_backend
+from stdc_deploy.core.artifacts import read_metadata
 from stdc_deploy.checkpoint import load_model
 from stdc_deploy.cli import app
-from stdc_deploy.discovery import find_default_model
-from stdc_deploy.engine import (
+from stdc_deploy.core.discovery import find_default_model
+from stdc_deploy.backends.tensorrt import (
     BuildOptions,
     EngineSidecar,
     check_compatible,
-    convert_onnx_fp16,
     parse_profile,
     read_sidecar,
     sidecar_path,
 )
+from stdc_deploy.export.fp16 import convert_onnx_fp16
 from stdc_deploy.errors import MissingDependencyError, StdcError
-from stdc_deploy.export import OnnxExportOptions, export_onnx, read_onnx_metadata
+from stdc_deploy.core.artifacts import read_onnx_metadata
+from stdc_deploy.export import OnnxExportOptions, export_onnx
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 SOURCES = Path(__file__).resolve().parents[1] / "stdc_deploy"
@@ -92,7 +94,7 @@ def test_sidecar_roundtrip_and_compatibility(onnx_models, tmp_path):
     sidecar_path(engine).write_text(sidecar.to_json())
     loaded = read_sidecar(engine)
     assert loaded == sidecar and json.loads(sidecar_path(engine).read_text())["format"] == 1
-    meta = artifact_metadata(engine)  # engines describe themselves through their sidecar
+    meta = read_metadata(engine)  # engines describe themselves through their sidecar
     assert (meta.arch, meta.num_classes, meta.input_height) == ("stdc1", 19, 64)
     check_compatible(loaded, "10.14.1", "NVIDIA H100 80GB HBM3", "9.0", engine)
     with pytest.raises(StdcError, match=r"built with TensorRT 10\.14\.1, this machine has 11\.0\.0.*rebuild it here"):
@@ -133,7 +135,7 @@ def test_fp16_onnx_for_the_engine(onnx_models, tmp_path):
 
 def test_tensorrt_code_follows_the_current_api():
     """No removed or deprecated TensorRT API, no pycuda (TensorRT 10/11 rules)."""
-    code = "\n".join((SOURCES / name).read_text() for name in ("engine.py", "backends/tensorrt_backend.py"))
+    code = "\n".join(p.read_text() for p in sorted((SOURCES / "backends" / "tensorrt").glob("*.py")))
     code = re.sub(r'""".*?"""', "", code, flags=re.S)  # docstrings may name what is avoided
     for banned in ("EXPLICIT_BATCH", "BuilderFlag.FP16", "BuilderFlag.INT8", "int8_calibrator", "IInt8",
                    "pycuda", "get_binding", "execute_v2", "execute_async_v2", "max_workspace_size"):
@@ -150,10 +152,10 @@ def test_build_and_run_engine(onnx_models, tmp_path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from stdc_deploy.engine import build_engine
+    from stdc_deploy.backends.tensorrt import build_engine
     from stdc_deploy.preprocess import normalize
     from stdc_deploy.synthetic import synthetic_images
-    from stdc_deploy.verify import compare_logits
+    from stdc_deploy.parity import compare_logits
 
     result = build_engine(onnx_models["dynamic"], tmp_path / "m.engine",
                           BuildOptions(shapes="1x64x128:1x64x128:2x128x256"))

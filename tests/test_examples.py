@@ -31,9 +31,8 @@ def test_cpp_example_segments_like_python(official_checkpoints, tmp_path):
     import torch
 
     from stdc_deploy.checkpoint import load_model
-    from stdc_deploy.evaluate import official_input
     from stdc_deploy.export import export_torchscript
-    from stdc_deploy.models import IMAGENET_MEAN, IMAGENET_STD
+    from stdc_deploy.preprocess import normalize
     from stdc_deploy.postprocess import labels_official
 
     if not (shutil.which("cmake") and (shutil.which("c++") or shutil.which("g++"))):
@@ -59,7 +58,7 @@ def test_cpp_example_segments_like_python(official_checkpoints, tmp_path):
     assert '"arch": "stdc1"' in run.stdout or "stdc1" in run.stdout
     labels = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     with torch.no_grad():
-        logits = model(torch.from_numpy(official_input(image, (64, 128), IMAGENET_MEAN, IMAGENET_STD))).numpy()
+        logits = model(torch.from_numpy(normalize(image, size=(64, 128), protocol="official"))).numpy()
     expected = labels_official(logits[0], (90, 150))
     assert labels.shape == (90, 150) and np.mean(labels == expected) > 0.999
     bad = subprocess.run([str(build / "stdc_segment"), str(ts), str(tmp_path / "m.ts"), str(out)],

@@ -8,10 +8,11 @@ import torch
 
 from stdc_deploy.checkpoint import load_model
 from stdc_deploy.errors import ExportError, StdcError
-from stdc_deploy.export import OnnxExportOptions, export_onnx, read_onnx_metadata
+from stdc_deploy.core.artifacts import read_onnx_metadata
+from stdc_deploy.export import OnnxExportOptions, export_onnx
 from stdc_deploy.preprocess import normalize
 from stdc_deploy.synthetic import synthetic_images
-from stdc_deploy.verify import Tolerance, compare_logits
+from stdc_deploy.parity import Tolerance, compare_logits
 
 
 def run_onnx(path, x: np.ndarray) -> np.ndarray:
@@ -174,7 +175,7 @@ def test_dynamic_export_at_cityscapes_resolutions(arch, official_checkpoints, tm
 
 
 def test_metadata_round_trip_keeps_types():
-    from stdc_deploy.export import ArtifactMetadata
+    from stdc_deploy.core.metadata import ArtifactMetadata
 
     meta = ArtifactMetadata(arch="stdc2", num_classes=3, checkpoint_sha256="1234567890e1" + "0" * 52,
                             input_height=None, input_width=None, batch=None, dynamic=True,
@@ -189,7 +190,7 @@ def test_fp16_export_keeps_fp32_io_and_verifies(models_by_arch, tmp_path, dynami
     import onnx
 
     from stdc_deploy.backends import open_backend
-    from stdc_deploy.verify import compare_logits
+    from stdc_deploy.parity import compare_logits
 
     model = models_by_arch["stdc1"].eval()
     fp32 = export_onnx(model, tmp_path / "m32.onnx", OnnxExportOptions(height=64, width=128, dynamic=dynamic))

@@ -15,7 +15,7 @@ from stdc_deploy.checkpoint import load_model
 from stdc_deploy.cli import app
 from stdc_deploy.errors import StdcError
 from stdc_deploy.export import OnnxExportOptions, export_onnx
-from stdc_deploy.infer import InferOptions, run_infer
+from stdc_deploy.jobs import InferOptions, run_infer
 from stdc_deploy.segmenter import Frame, Segmenter
 from stdc_deploy.sources import VideoReader, resolve_source
 from stdc_deploy.synthetic import synthetic_images

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from stdc_deploy.models import ARCHS, create_model
-from stdc_deploy.checkpoint import remap_state_dict, to_official_state_dict
+from stdc_deploy.checkpoint import remap_state_dict
+from stdc_deploy.synthetic import to_official_state_dict
 
 from conftest import official_key_table
 

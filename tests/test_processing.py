@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from stdc_deploy import outputs, postprocess, preprocess, sources, visualize
 from stdc_deploy.classes import CITYSCAPES_PALETTE, palette
 from stdc_deploy.errors import StdcError
-from stdc_deploy.fileio import FILE_MODE
 from stdc_deploy.models import IMAGENET_MEAN, IMAGENET_STD
 from stdc_deploy.synthetic import synthetic_images
 
@@ -491,14 +490,14 @@ def test_atomic_video_round_trip(tmp_path):
         writer.write(flat_frame(value) if i != 5 else np.full((30, 20, 3), value, np.uint8))  # one odd size
     assert writer.frames == 12
     assert not final.exists()
-    partial = list(tmp_path.glob(".v.*.partial.mp4"))
+    partial = list(tmp_path.glob(".v.mp4.*.partial/v.mp4"))
     assert len(partial) == 1
 
     assert writer.close() == final
     assert final.is_file()
     assert list(tmp_path.glob("*partial*")) == [] and list(tmp_path.glob(".*")) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
-    assert os.stat(final).st_mode & 0o777 == FILE_MODE
+    assert os.stat(final).st_mode & 0o777 == _default_file_mode()
     assert writer.close() == final  # closing twice is harmless
 
     with sources.VideoReader(final) as reader:
@@ -568,7 +567,7 @@ def test_write_image_png_round_trip(tmp_path):
     assert outputs.write_image(path, mask) == path
     assert sorted(p.name for p in path.parent.iterdir()) == ["mask.png"]
     np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), mask)
-    assert os.stat(path).st_mode & 0o777 == FILE_MODE
+    assert os.stat(path).st_mode & 0o777 == _default_file_mode()
 
     colour = tiny_image(1, 13, 21)
     outputs.write_image(path, colour)  # overwrite in place
@@ -659,3 +658,10 @@ def test_grey_frames_are_written_as_colour(tmp_path):
     with sources.VideoReader(tmp_path / "g.mp4") as reader:
         frames = list(reader)
     assert len(frames) == 3 and abs(int(frames[0].mean()) - 128) <= 8  # lossy codec
+
+
+def _default_file_mode() -> int:
+    """What open() gives a new file under this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

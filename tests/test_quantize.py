@@ -6,7 +6,8 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-from stdc_deploy.backends import artifact_metadata, open_backend
+from stdc_deploy.backends import open_backend
+from stdc_deploy.core.artifacts import read_metadata
 from stdc_deploy.checkpoint import load_model
 from stdc_deploy.cli import app
 from stdc_deploy.errors import StdcError
@@ -55,7 +56,7 @@ def test_quantize_targets(fp32_onnx, calib_dir, tmp_path, target):
                   and any(i.name == n.input[0] for i in proto.graph.initializer)]
     per_channel = [n for n in weights_dq if any(a.name == "axis" for a in n.attribute)]
     assert per_channel  # per-channel weight scales
-    meta = artifact_metadata(out)
+    meta = read_metadata(out)
     assert meta.precision == "int8" and meta.arch == "stdc1" and meta.input_height == 64
     assert int8_details(out) == {"int8_target": target, "int8_method": "minmax", "int8_calibration_images": "8"}
     x = normalize(synthetic_images(1, 64, 128, seed=3))

@@ -1,33 +1,62 @@
-import numpy as np
+"""`stdc verify`: artifacts and backends compared pair by pair, with exit codes."""
+
 import pytest
+from typer.testing import CliRunner
 
-from stdc_deploy.verify import Tolerance, compare_logits
-
-
-def test_compare_logits_on_known_values():
-    ref = np.zeros((1, 2, 2, 2), np.float32)
-    ref[0, 0] = [[3.0, 3.0], [3.0, -40.0]]  # class 0 wins except at (1, 1)
-    test = ref.copy()
-    test[0, 1, 0, 0] = 4.0  # flips pixel (0, 0) to class 1
-    test[0, 0, 1, 0] += 0.5
-    p = compare_logits(ref, test)
-    assert p.max_abs_error == pytest.approx(4.0)
-    assert p.mean_abs_error == pytest.approx(4.5 / 8)
-    assert p.reference_abs_max == 40.0
-    assert p.label_agreement == 0.75
+from stdc_deploy.checkpoint import load_model
+from stdc_deploy.cli import app
+from stdc_deploy.verify import ArtifactSpec, verify_artifacts
+from stdc_deploy.export import OnnxExportOptions, export_onnx
+from stdc_deploy.synthetic import random_model, synthetic_images
+from stdc_deploy.parity import FP16_TOLERANCE, INT8_TOLERANCE, Tolerance, default_tolerance
 
 
-def test_tolerance_scales_with_logit_range():
-    tol = Tolerance(atol=1e-3, rtol=1e-4, min_label_agreement=0.999)
-    assert tol.max_error_for(100.0) == pytest.approx(1.1e-2)
-    ref = np.zeros((1, 3, 4, 4), np.float32)
-    ref[:, 0] = 100.0
-    assert compare_logits(ref, ref + 5e-3).passes(tol)  # within 1e-3 + 1e-4 * 100
-    assert not compare_logits(ref, ref + 2e-2).passes(tol)
-    small = ref / 100.0  # logits within +-1: limit 1.1e-3
-    assert not compare_logits(small, small + 5e-3).passes(tol)
+@pytest.fixture(scope="module")
+def artifacts(official_checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    model, info = load_model(official_checkpoints["stdc1"])
+    fp32 = export_onnx(model, root / "fp32.onnx", OnnxExportOptions(height=64, width=128), checkpoint=info).path
+    fp16 = export_onnx(model, root / "fp16.onnx", OnnxExportOptions(height=64, width=128, precision="fp16"),
+                       checkpoint=info).path
+    other = export_onnx(random_model("stdc1", seed=9, aux_heads=False), root / "other.onnx",
+                        OnnxExportOptions(height=64, width=128)).path
+    return {"ckpt": official_checkpoints["stdc1"], "fp32": fp32, "fp16": fp16, "other": other}
 
 
-def test_shape_mismatch_is_an_error():
-    with pytest.raises(ValueError, match="shapes differ"):
-        compare_logits(np.zeros((1, 2, 3, 3)), np.zeros((1, 2, 3, 4)))
+def test_spec_parsing():
+    assert ArtifactSpec.parse("m.onnx") == ArtifactSpec(ArtifactSpec.parse("m.onnx").path)
+    spec = ArtifactSpec.parse("dir/m.onnx@openvino:bf16")
+    assert (spec.path.name, spec.backend, spec.precision, spec.label) == ("m.onnx", "openvino", "bf16",
+                                                                         "m.onnx@openvino:bf16")
+
+
+def test_default_tolerance_follows_the_coarser_precision():
+    assert default_tolerance("fp32", "fp32") == Tolerance()
+    assert default_tolerance("fp32", "fp16") == FP16_TOLERANCE == default_tolerance("bf16", "fp32")
+    assert default_tolerance("int8", "fp16") == INT8_TOLERANCE
+
+
+def test_pairs(artifacts):
+    specs = [ArtifactSpec(artifacts["fp32"]), ArtifactSpec(artifacts["ckpt"]), ArtifactSpec(artifacts["fp16"])]
+    labels, size, pairs = verify_artifacts(specs, synthetic_images(2, 80, 160, seed=4))
+    assert size == (64, 128) and len(pairs) == 3
+    by_pair = {(p.a, p.b): p for p in pairs}
+    same = by_pair[("fp32.onnx", "stdc1_official.pth")]
+    assert same.passes and same.parity.max_abs_error < 1e-3 and same.tolerance == Tolerance()
+    half = by_pair[("fp32.onnx", "fp16.onnx")]
+    assert half.tolerance == FP16_TOLERANCE and half.passes and half.parity.max_abs_error > 1e-4
+
+
+def test_cli_exit_codes(artifacts):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["verify", str(artifacts["fp32"]), f"{artifacts['fp32']}@openvino",
+                             str(artifacts["ckpt"]), "--num-images", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert ok.stdout.count("pass") == 3 and "FAIL" not in ok.stdout
+    bad = runner.invoke(app, ["verify", str(artifacts["fp32"]), str(artifacts["other"]), "--num-images", "1"])
+    assert bad.exit_code == 1 and "1 of 1 pairs outside the limits: fp32.onnx vs other.onnx" in bad.stderr
+    loose = runner.invoke(app, ["verify", str(artifacts["fp32"]), str(artifacts["other"]), "--num-images", "1",
+                                "--atol", "1e9", "--min-agreement", "0"])
+    assert loose.exit_code == 0
+    one = runner.invoke(app, ["verify", str(artifacts["fp32"])])
+    assert one.exit_code == 1 and "at least two artifacts" in one.stderr

@@ -6,6 +6,9 @@ float32 NCHW logits. Used as a context manager::
     with open_backend("model.onnx") as backend:
         logits = backend.infer(batch)
 
+``infer`` takes any batch size: a model exported with a fixed batch N is fed in chunks of
+N (the last one padded by repeating its final image), so every caller can hand it any batch.
+
 Everything downstream (pipelines, benchmarks, evaluation, comparisons) knows only this
 contract, never a runtime.
 """
@@ -21,7 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import StdcError
-from ..export.metadata import ArtifactMetadata
+from ..core.metadata import ArtifactMetadata
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -35,10 +38,13 @@ class InputSpec:
     height: int | None
     width: int | None
 
-    def check(self, batch: np.ndarray) -> None:
+    def check(self, batch: np.ndarray, *, any_batch: bool = False) -> None:
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise StdcError(f"expected a (N, 3, H, W) batch, got shape {tuple(batch.shape)}")
-        for axis, want, what in ((0, self.batch, "batch"), (2, self.height, "height"), (3, self.width, "width")):
+        axes = ((2, self.height, "height"), (3, self.width, "width"))
+        if not any_batch:
+            axes = ((0, self.batch, "batch"), *axes)
+        for axis, want, what in axes:
             if want is not None and batch.shape[axis] != want:
                 raise StdcError(f"this model takes {what} {want}, got {batch.shape[axis]} "
                                 "(export with --dynamic for other sizes)")
@@ -89,8 +95,19 @@ class Backend(abc.ABC):
         """(N, 3, H, W) float32 normalised RGB -> (N, classes, H, W) float32 logits."""
         if not self.is_open:
             raise RuntimeError(f"{self.name} backend used before open()")
-        self.input_spec.check(batch)
-        return self._infer(np.ascontiguousarray(batch, dtype=np.float32))
+        spec = self.input_spec
+        spec.check(batch, any_batch=True)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        fixed, n = spec.batch, batch.shape[0]
+        if fixed is None or fixed == n:
+            return self._infer(batch)
+        outputs = []
+        for start in range(0, n, fixed):
+            part = batch[start:start + fixed]
+            if part.shape[0] < fixed:
+                part = np.concatenate([part, np.repeat(part[-1:], fixed - part.shape[0], axis=0)])
+            outputs.append(self._infer(part))
+        return np.concatenate(outputs)[:n]
 
     def model_only_runner(self, batch: np.ndarray, cuda_graph: bool = False) -> Callable[[], None]:
         """One model-only step for benchmarks: input already where the runtime wants it,

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..bench import MODES, BenchRow, BenchSettings, Target, preset_targets, run_bench, write_csv, write_json, write_plot
+from ..bench import MODES, BenchRow, BenchSettings, Target, preset_targets, run_bench
+from ..bench.report import write_csv, write_json, write_plot
 from ..errors import StdcError
 from ..models import PAPER_SETUP, PRESETS, get_arch
 from .common import command, console, parse_size
@@ -66,9 +67,9 @@ def bench(
             raise StdcError("--model cannot be combined with --preset or --arch")
         if not model.exists():
             raise StdcError("no such file", model)
-        from ..backends import artifact_metadata
+        from ..core.artifacts import read_metadata
 
-        meta = artifact_metadata(model)
+        meta = read_metadata(model)
         if meta.input_height is not None:
             if input_size and input_size != (meta.input_height, meta.input_width):
                 raise StdcError(f"this model takes {meta.input_height}x{meta.input_width}, not --size {size}", model)

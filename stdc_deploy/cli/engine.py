@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..engine import BuildOptions, build_engine
+from ..backends.tensorrt import BuildOptions, build_engine
+from ..core.artifacts import ENGINES_DIR
 from .common import command, console
-
-ENGINES_DIR = Path("engines")
 
 
 @command

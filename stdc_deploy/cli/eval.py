@@ -14,7 +14,7 @@ from rich.table import Table
 from ..backends import open_backend
 from ..errors import StdcError
 from ..evaluate import Scores, cityscapes_dataset, evaluate, generic_dataset
-from ..fileio import atomic_write_bytes
+from ..core.fileio import atomic_write_bytes
 from .common import command, console, err_console
 
 
@@ -64,7 +64,7 @@ def eval_command(
     opened = []
     try:
         for path in model:
-            opened.append(open_backend(path, backend=backend, device=device, precision=precision).open())
+            opened.append(open_backend(path, backend=backend, device=device, precision=precision))
         console.print(f"{total} images ({dataset.layout}), {dataset.num_classes} classes; "
                       + "; ".join(b.describe() for b in opened), highlight=False)
         bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

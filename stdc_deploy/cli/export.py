@@ -9,13 +9,12 @@ from typing import Annotated
 import typer
 
 from ..checkpoint import load_model
+from ..core.artifacts import MODELS_DIR
 from ..export import OnnxExportOptions, export_onnx, export_torchscript
-from ..verify import Tolerance
+from ..parity import Tolerance
 from .common import ArchOption, NumClassesOption, OutputOption, SizeOption, command, console, parse_size
 
 app = typer.Typer(help="Export a checkpoint to ONNX, TorchScript or .pt2 (torch.export / AOTInductor).", no_args_is_help=True)
-
-MODELS_DIR = Path("models")
 
 
 def default_onnx_path(checkpoint: Path, arch: str, size: tuple[int, int], dynamic: bool,

@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..discovery import find_default_model
+from ..bench import model_only_fps
+from ..core.discovery import find_default_model
 from ..errors import StdcError
-from ..infer import InferOptions, InferReport, ProgressSink, parse_save, run_infer
-from ..postprocess import PROTOCOLS
+from ..jobs import InferOptions, InferReport, ProgressSink, parse_save, run_infer
+from ..preprocess import PROTOCOLS
 from ..segmenter import Segmenter
 from ..sources import resolve_source
 from .common import command, console, err_console, parse_size
@@ -49,7 +51,7 @@ class _RichProgress(ProgressSink):
 
     def error(self, name: str, reason: str) -> None:
         (self._progress.console if self._progress else err_console).print(
-            f"[bold red]error:[/] {name}: {reason}", highlight=False, soft_wrap=True)
+            Text.assemble(("error:", "bold red"), f" {name}: {reason}"), highlight=False, soft_wrap=True)
 
     def finish(self) -> None:
         if self._progress is not None:
@@ -131,15 +133,15 @@ def infer(
                    protocol=protocol or "official") as segmenter:
         kinds = [k for k, present in (("image", resolved.images), ("video", resolved.videos or resolved.stream is not None))
                  if present]
-        post = ", ".join(f"{options.protocol_for(k)} post-processing for {k}s" for k in kinds)
-        console.print(f"{resolved.description}: {segmenter.describe(protocol=False)}, {post}", highlight=False)
+        post = ", ".join(f"{options.protocol_for(k)} protocol for {k}s" for k in kinds)
+        console.print(f"{resolved.description}: {segmenter.describe()}, {post}", highlight=False)
         if precision != "fp32":
             _report_precision(segmenter, model, input_size, device)
-        model_only_before = segmenter.model_only_fps(batch=batch) if benchmark else None
+        model_only_before = model_only_fps(segmenter, batch) if benchmark else None
         report = run_infer(segmenter, resolved, options, progress=_RichProgress(progress))
         _summary(report)
         if benchmark and report.frames and not report.interrupted:
-            model_only = (model_only_before + segmenter.model_only_fps(batch=batch)) / 2
+            model_only = (model_only_before + model_only_fps(segmenter, batch)) / 2
             console.print(f"benchmark ({segmenter.backend.describe()}, batch {batch}): end to end "
                           f"{report.fps:.2f} FPS, model only {model_only:.2f} FPS (mean of before and after) "
                           f"-> {report.fps / model_only * 100:.1f}%", highlight=False)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..checkpoint import inspect_checkpoint, read_state_dict
-from ..backends import artifact_kind, artifact_metadata
+from ..core.artifacts import artifact_kind, read_metadata
 from ..errors import StdcError
 from .common import command, console
 
@@ -32,7 +32,7 @@ def info(artifact: Annotated[Path, typer.Argument(help="An .onnx or TorchScript 
         raise StdcError("no such file", artifact)
     kind = artifact_kind(artifact)
     if kind in ("onnx", "torchscript"):
-        meta = artifact_metadata(artifact)
+        meta = read_metadata(artifact)
         rows = {k: v for k, v in vars(meta).items()}
         rows["class_names"] = list(meta.class_names)
         title = f"{artifact} ({'ONNX' if kind == 'onnx' else 'TorchScript'})"

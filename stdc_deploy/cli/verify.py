@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..compare import ArtifactSpec, load_inputs, verify_artifacts
-from ..verify import Tolerance
+from ..verify import ArtifactSpec, load_inputs, verify_artifacts
 from .common import command, console, err_console, parse_size
 
 
@@ -29,14 +28,12 @@ def verify(
     Default limits follow the coarser precision of each pair (fp32: 1e-3 + 1e-4 x range and
     99.95%; fp16/bf16: 0.05 + 0.02 x range and 98%; int8: agreement >= 90%).
     """
-    tolerance = None
-    if atol is not None or rtol is not None or min_agreement is not None:
-        base = Tolerance()
-        tolerance = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol,
-                              base.min_label_agreement if min_agreement is None else min_agreement)
+    overrides = {"atol": atol, "rtol": rtol, "min_label_agreement": min_agreement}
     specs = [ArtifactSpec.parse(a) for a in artifacts]
-    inputs = load_inputs(images, num_images)
-    labels, used, pairs = verify_artifacts(specs, inputs, parse_size(size) if size else None, tolerance)
+    inputs, skipped = load_inputs(images, num_images)
+    for path, reason in skipped:
+        err_console.print(f"skipped {path}: {reason}", highlight=False, markup=False)
+    labels, used, pairs = verify_artifacts(specs, inputs, parse_size(size) if size else None, overrides)
     table = Table("A", "B", "max abs error", "mean abs error", "logit range", "label agreement", "limits", "result",
                   title=f"stdc verify: {len(inputs)} images at {used[0]}x{used[1]}", title_justify="left")
     for pair in pairs:

@@ -1,8 +1,8 @@
-"""Exporters: ONNX (static or dynamic, simplified, verified) and TorchScript."""
+"""Exporters: checkpoints to ONNX (FP32 / FP16, static or dynamic), TorchScript and .pt2,
+and ONNX-to-ONNX steps (FP16 conversion, INT8 quantization). Every exporter verifies its
+artifact against PyTorch before writing it."""
 
-from .metadata import ArtifactMetadata
-from .onnx import OnnxExportOptions, OnnxExportResult, export_onnx, read_onnx_metadata
-from .torchscript import TorchScriptExportResult, export_torchscript, read_torchscript_metadata
+from .onnx import OnnxExportOptions, OnnxExportResult, export_onnx
+from .torchscript import TorchScriptExportResult, export_torchscript
 
-__all__ = ["ArtifactMetadata", "OnnxExportOptions", "OnnxExportResult", "TorchScriptExportResult", "export_onnx",
-           "export_torchscript", "read_onnx_metadata", "read_torchscript_metadata"]
+__all__ = ["OnnxExportOptions", "OnnxExportResult", "TorchScriptExportResult", "export_onnx", "export_torchscript"]

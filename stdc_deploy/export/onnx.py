@@ -18,15 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import CheckpointInfo
 from ..errors import ExportError, StdcError
-from ..fileio import atomic_write_bytes
+from ..core.fileio import atomic_write_bytes
 from ..models import STDCSeg
 from ..preprocess import normalize
 from ..synthetic import synthetic_images
-from ..verify import FP16_TOLERANCE, Parity, Tolerance, compare_logits
-from .metadata import ArtifactMetadata
+from ..parity import FP16_TOLERANCE, Parity, Tolerance, compare_logits
+from ..core.artifacts import read_onnx_metadata  # noqa: F401 - re-exported
+from ..core.metadata import ArtifactMetadata
+from .fp16 import to_fp16
+from .quiet import quiet_exporter
 
 log = logging.getLogger(__name__)
 
@@ -85,22 +88,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The exporter warns about optional torchvision ops and deprecations: not ours to show."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _trace(model: STDCSeg, opts: OnnxExportOptions):
     """torch.export -> ONNX ModelProto."""
     from torch.export import Dim
@@ -113,41 +100,12 @@ def _trace(model: STDCSeg, opts: OnnxExportOptions):
         dynamic_shapes = {"x": {0: Dim("batch", min=1, max=MAX_BATCH),
                                 2: Dim("height", min=32, max=MAX_SIDE),
                                 3: Dim("width", min=32, max=MAX_SIDE)}}
-    with _quiet_exporter(), torch.no_grad():
+    with quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             model, (example,), dynamo=True, external_data=False, opset_version=opts.opset,
             input_names=["input"], output_names=["logits"], dynamic_shapes=dynamic_shapes,
             verbose=False)
     return program.model_proto
-
-
-def topological_sort(graph) -> None:
-    """Reorder ``graph.node`` so every node comes after the producers of its inputs."""
-    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise ExportError(f"the graph has a cycle or a dangling input near node {pending[0].name}")
-        for node in ready:
-            available.update(node.output)
-        ordered.extend(ready)
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    del graph.node[:]
-    graph.node.extend(ordered)
-
-
-def to_fp16(proto):
-    """FP16 weights and compute with the FP32 input and output kept (Casts at the edges), as
-    TensorRT's strongly typed mode takes it; ops that need FP32 (e.g. Resize's scales) stay
-    FP32 behind Casts. Uses ONNX Runtime's converter, then restores topological order."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with _quiet_exporter():
-        converted = convert_float_to_float16(proto, keep_io_types=True)
-    topological_sort(converted.graph)
-    return converted
 
 
 def _io_signature(proto) -> list[tuple[str, list]]:
@@ -195,7 +153,7 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
     if options.simplify:
         import onnxslim
 
-        with _quiet_exporter():
+        with quiet_exporter():
             proto = onnxslim.slim(proto)
         if _io_signature(proto) != signature:
             raise ExportError(f"onnxslim changed the model's inputs/outputs: {signature} -> {_io_signature(proto)}")
@@ -233,21 +191,3 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
             raise ExportError(f"verification failed, {output} not written: {failed[0].describe()} (limits: {limits})")
     atomic_write_bytes(output, data)
     return OnnxExportResult(output, metadata, tuple(parity), len(data), time.perf_counter() - start)
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> ArtifactMetadata:
-    """The stdc-deploy metadata of an ONNX file (no weights are loaded)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise StdcError("no such file", path)
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise StdcError(f"not a readable ONNX model ({type(exc).__name__})", path) from None
-    props = {p.key: p.value for p in proto.metadata_props}
-    try:
-        return ArtifactMetadata.from_props(props)
-    except (ValueError, TypeError) as exc:
-        raise StdcError(f"no usable stdc-deploy metadata: {exc}", path) from None

@@ -21,16 +21,14 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import CheckpointInfo
 from ..errors import ExportError, StdcError
-from ..fileio import FILE_MODE
 from ..models import STDCSeg
 from ..preprocess import normalize
 from ..synthetic import synthetic_images
-from ..verify import Parity, Tolerance, compare_logits
-from .metadata import ArtifactMetadata
-from .torchscript import METADATA_FILE
+from ..parity import Parity, Tolerance, compare_logits
+from ..core.metadata import METADATA_FILE, ArtifactMetadata
 
 
 @dataclass(frozen=True)
@@ -106,19 +104,5 @@ def export_pt2(model: STDCSeg, output: str | os.PathLike, height: int = 512, wid
         failed = [p for p in parity if not p.passes(tolerance)]
         if failed:
             raise ExportError(f"verification failed, {output} not written: {failed[0].describe()}")
-        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, output)
     return Pt2ExportResult(output, metadata, tuple(parity), output.stat().st_size, time.perf_counter() - start, aoti)
-
-
-def read_pt2_metadata(path: str | os.PathLike) -> ArtifactMetadata:
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")
-                         or n.endswith(f"extra/{METADATA_FILE}")), None)
-            if name is None:
-                raise StdcError("a .pt2 file without stdc-deploy metadata (export it with `stdc export pt2`)", path)
-            return ArtifactMetadata.from_props(json.loads(archive.read(name)))
-    except (OSError, zipfile.BadZipFile, ValueError, TypeError) as exc:
-        raise StdcError(f"not a readable .pt2 archive ({type(exc).__name__})", path) from None

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError, StdcError
-from ..fileio import FILE_MODE
 from ..preprocess import normalize
 from ..sources import IMAGE_SUFFIXES, read_image
-from .onnx import _quiet_exporter, read_onnx_metadata
+from ..core.artifacts import read_onnx_metadata
+from .quiet import quiet_exporter
 
 METHODS = ("entropy", "minmax", "percentile")
 TARGETS = ("tensorrt", "cpu")
@@ -116,7 +116,7 @@ def quantize_onnx(model: str | os.PathLike, calib_dir: str | os.PathLike, output
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.name}.") as scratch:
         tmp = Path(scratch) / "int8.onnx"
         try:
-            with _quiet_exporter():
+            with quiet_exporter():
                 quantize_static(
                     str(model), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
@@ -146,7 +146,6 @@ def quantize_onnx(model: str | os.PathLike, calib_dir: str | os.PathLike, output
             noise += float(np.sum((a.astype(np.float64) - b) ** 2))
         final = Path(scratch) / "final.onnx"
         final.write_bytes(data)
-        os.chmod(final, FILE_MODE)
         os.replace(final, output)
     snr = 10 * math.log10(signal / noise) if noise > 0 else math.inf
     return QuantizeResult(output, len(calib), len(holdout), agree / total, snr, tuple(skipped), len(data))

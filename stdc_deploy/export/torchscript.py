@@ -19,17 +19,16 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import CheckpointInfo
 from ..errors import ExportError, StdcError
-from ..fileio import atomic_write_bytes
+from ..core.fileio import atomic_write_bytes
 from ..models import STDCSeg
 from ..preprocess import normalize
 from ..synthetic import synthetic_images
-from ..verify import Parity, Tolerance, compare_logits
-from .metadata import ArtifactMetadata
+from ..parity import Parity, Tolerance, compare_logits
+from ..core.metadata import METADATA_FILE, ArtifactMetadata
 
-METADATA_FILE = "stdc_metadata.json"
 
 
 @dataclass(frozen=True)
@@ -75,20 +74,3 @@ def export_torchscript(model: STDCSeg, output: str | os.PathLike, height: int = 
         raise ExportError(f"verification failed, {output} not written: {failed[0].describe()}")
     atomic_write_bytes(output, data)
     return TorchScriptExportResult(output, metadata, tuple(parity), len(data), time.perf_counter() - start)
-
-
-def read_torchscript_metadata(path: str | os.PathLike) -> ArtifactMetadata:
-    """The metadata of a TorchScript artifact (reads the archive's extra file only)."""
-    import zipfile
-
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
-            if name is None:
-                raise StdcError("a TorchScript file without stdc-deploy metadata (export it with "
-                                "`stdc export torchscript`)", path)
-            props = json.loads(archive.read(name))
-        return ArtifactMetadata.from_props(props)
-    except (OSError, zipfile.BadZipFile, ValueError, TypeError) as exc:
-        raise StdcError(f"not a readable TorchScript archive ({type(exc).__name__})", path) from None

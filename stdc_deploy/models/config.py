@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..core.metadata import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import StdcError
 
-# ImageNet statistics on 0-1 RGB, used by the official code and MMSeg alike.
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+__all__ = ["ARCHS", "IMAGENET_MEAN", "IMAGENET_STD", "PAPER_SETUP", "PRESETS", "ArchConfig", "Preset", "get_arch"]
 
 
 @dataclass(frozen=True)

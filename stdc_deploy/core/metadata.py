@@ -1,4 +1,5 @@
-"""Metadata every artifact carries, so inference needs no training config or flags."""
+"""The metadata every artifact carries (the contract every runtime reads), so inference
+needs no training config or repeated flags."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from ..classes import default_class_names
-from ..models import IMAGENET_MEAN, IMAGENET_STD
+
+# ImageNet statistics on 0-1 RGB, used by the official code and MMSeg alike.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 FORMAT_VERSION = 1
+METADATA_FILE = "stdc_metadata.json"  # inside TorchScript and .pt2 archives
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,10 @@
-"""TensorRT engines: build from ONNX (TensorRT 10 and 11 API), sidecar metadata, compatibility.
+"""Building engines from ONNX with the TensorRT 10 / 11 Python API.
 
 TensorRT 11 has no builder precision flags and no INT8 calibrators: networks are strongly
 typed and the precision lives in the ONNX. So ``precision="fp16"`` first writes the FP16
 ONNX (FP32 I/O) and ``precision="int8"`` the calibrated symmetric Q/DQ ONNX, both verified
 on the CPU, and the engine is built from that file as it is. The same code builds on
 TensorRT 10.x (strongly typed network flag) and 11.x.
-
-An engine runs only on the TensorRT version and GPU model it was built with, so its facts
-go in a sidecar ``OUT.engine.json`` (never a header inside the plan, which would break
-trtexec); loading refuses an engine whose sidecar names another TensorRT or GPU.
 """
 
 from __future__ import annotations
@@ -19,20 +15,18 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .errors import MissingDependencyError, StdcError
-from .export.metadata import ArtifactMetadata
-from .fileio import atomic_write_bytes
+from ..._version import __version__
+from ...core.artifacts import read_onnx_metadata
+from ...core.fileio import atomic_write_bytes
+from ...core.metadata import ArtifactMetadata
+from ...errors import StdcError
+from ...export.fp16 import convert_onnx_fp16
+from .environment import import_tensorrt, this_gpu
+from .sidecar import EngineSidecar, sidecar_path
 
-SIDECAR_FORMAT = 1
-INSTALL_HINT = ("TensorRT is not installed: pip install --extra-index-url https://pypi.nvidia.com tensorrt "
-                "(needs an NVIDIA GPU and driver; see README, 'TensorRT')")
-
-
-# -- shapes -----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Profile:
@@ -76,98 +70,6 @@ def parse_profile(text: str | None, metadata: ArtifactMetadata) -> Profile:
     return Profile(low, opt, high)
 
 
-# -- sidecar ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EngineSidecar:
-    tensorrt_version: str
-    gpu_name: str
-    compute_capability: str
-    precision: str
-    profiles: tuple[dict, ...]
-    onnx_sha256: str
-    onnx_file: str
-    tool_version: str
-    metadata: dict  # the artifact metadata (ArtifactMetadata.to_props of the engine's ONNX)
-    built_at: str = ""
-    build_seconds: float = 0.0
-    format: int = SIDECAR_FORMAT
-    layers: list = field(default_factory=list)  # from the engine inspector, when available
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
-
-    @property
-    def artifact_metadata(self) -> ArtifactMetadata:
-        return ArtifactMetadata.from_props(self.metadata)
-
-
-def sidecar_path(engine: str | os.PathLike) -> Path:
-    return Path(f"{os.fspath(engine)}.json")
-
-
-def read_sidecar(engine: str | os.PathLike) -> EngineSidecar:
-    path = sidecar_path(engine)
-    if not path.is_file():
-        raise StdcError(f"no sidecar {path.name} beside this engine (it records the TensorRT version, GPU and "
-                        "metadata); rebuild it with `stdc build-engine`", engine)
-    try:
-        data = json.loads(path.read_text())
-        known = {f.name for f in dataclasses.fields(EngineSidecar)}
-        data = {k: v for k, v in data.items() if k in known}
-        data["profiles"] = tuple(data.get("profiles", ()))
-        return EngineSidecar(**data)
-    except (ValueError, TypeError) as exc:
-        raise StdcError(f"unreadable engine sidecar ({type(exc).__name__})", path) from None
-
-
-def check_compatible(sidecar: EngineSidecar, tensorrt_version: str, gpu_name: str, compute_capability: str,
-                     engine: str | os.PathLike) -> None:
-    """Refuse an engine built with another TensorRT version or GPU model, saying how to fix it."""
-    problems = []
-    if sidecar.tensorrt_version != tensorrt_version:
-        problems.append(f"built with TensorRT {sidecar.tensorrt_version}, this machine has {tensorrt_version}")
-    if sidecar.gpu_name != gpu_name or sidecar.compute_capability != compute_capability:
-        problems.append(f"built for {sidecar.gpu_name} (sm {sidecar.compute_capability}), this GPU is {gpu_name} "
-                        f"(sm {compute_capability})")
-    if problems:
-        raise StdcError("; ".join(problems) + f"; rebuild it here: stdc build-engine {sidecar.onnx_file}", engine)
-
-
-# -- environment ------------------------------------------------------------------------------------
-
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingDependencyError(INSTALL_HINT) from None
-    return tensorrt
-
-
-def this_gpu(device: str = "cuda") -> tuple[str, str]:
-    """(name, compute capability) of the CUDA device, or a clear error."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise StdcError("TensorRT needs a CUDA GPU, and PyTorch sees none (check the driver and a CUDA build of torch)")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    props = torch.cuda.get_device_properties(index)
-    return props.name, f"{props.major}.{props.minor}"
-
-
-def engine_fits_this_machine(engine: Path) -> tuple[bool, str]:
-    """Whether ``engine`` can run here, and why not."""
-    try:
-        trt = import_tensorrt()
-        name, capability = this_gpu()
-        check_compatible(read_sidecar(engine), trt.__version__, name, capability, engine)
-    except StdcError as exc:
-        return False, exc.message
-    return True, ""
-
-
-# -- build ------------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class BuildOptions:
     precision: str = "fp32"
@@ -199,8 +101,6 @@ class BuildResult:
 def prepare_onnx(onnx_path: Path, output: Path, options: BuildOptions) -> Path:
     """The ONNX the engine is built from: as given (fp32), or its FP16 / Q/DQ INT8 form,
     written beside the engine and verified on the CPU first."""
-    from .export.onnx import read_onnx_metadata
-
     meta = read_onnx_metadata(onnx_path)
     if options.precision == "fp32" or meta.precision == options.precision:
         return onnx_path
@@ -209,42 +109,12 @@ def prepare_onnx(onnx_path: Path, output: Path, options: BuildOptions) -> Path:
                         onnx_path)
     target = output.with_name(f"{output.stem}.{options.precision}.onnx")
     if options.precision == "int8":
-        from .export.quantize import QuantizeOptions, quantize_onnx
+        from ...export.quantize import QuantizeOptions, quantize_onnx
 
         quantize_onnx(onnx_path, options.calib, target,
                       QuantizeOptions(target="tensorrt", num_images=options.calib_images))
         return target
     return convert_onnx_fp16(onnx_path, target)
-
-
-def convert_onnx_fp16(onnx_path: Path, target: Path) -> Path:
-    """FP16 ONNX (FP32 I/O) from an FP32 ONNX, checked in ONNX Runtime against it."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-
-    from .export.onnx import read_onnx_metadata, to_fp16
-    from .preprocess import normalize
-    from .synthetic import synthetic_images
-    from .verify import FP16_TOLERANCE, compare_logits
-
-    meta = read_onnx_metadata(onnx_path)
-    proto = to_fp16(onnx.load(str(onnx_path)))
-    props = {p.key: p.value for p in proto.metadata_props}
-    props["precision"] = "fp16"
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, props)
-    onnx.checker.check_model(proto, full_check=True)
-    data = proto.SerializeToString()
-    size = (meta.input_height or meta.opt_height, meta.input_width or meta.opt_width)
-    x = normalize(synthetic_images(meta.batch or 1, *size, seed=0), meta.mean, meta.std)
-    a = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {meta.input_name: x})[0]
-    b = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {meta.input_name: x})[0]
-    parity = compare_logits(a, np.asarray(b))
-    if not parity.passes(FP16_TOLERANCE):
-        raise StdcError(f"the FP16 conversion does not verify against FP32: {parity.describe()}", onnx_path)
-    atomic_write_bytes(target, data)
-    return target
 
 
 def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
@@ -258,8 +128,6 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
     gpu_name, capability = this_gpu(options.device)
     start = time.perf_counter()
     source = prepare_onnx(onnx_path, output, options)
-    from .export.onnx import read_onnx_metadata
-
     meta = read_onnx_metadata(source)
     profile = parse_profile(options.shapes, meta)
 

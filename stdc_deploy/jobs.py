@@ -1,4 +1,4 @@
-"""`stdc infer`: segment images, folders, globs, path lists, videos, cameras and streams.
+"""The segmentation job runner: plans every output, then segments images and videos into them.
 
 Outputs mirror the inputs' names below the output folder:
 
@@ -15,6 +15,7 @@ Images get the official post-processing protocol by default and videos the fast 
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from .errors import StdcError
 from .outputs import FOURCC, AtomicVideoWriter, write_image
-from .postprocess import PROTOCOLS
-from .segmenter import Frame, Prediction, Segmenter, StageTimes
+from .pipeline import StageTimes
+from .preprocess import PROTOCOLS
+from .segmenter import Frame, Prediction, Segmenter
 from .sources import Source, VideoReader, read_image
 
 SAVE_KINDS = ("mask", "color", "overlay")
@@ -75,7 +77,7 @@ class InferReport:
     written: list[Path] = field(default_factory=list)
     interrupted: bool = False
     seconds: float = 0.0  # wall time of the pipelines
-    times: StageTimes | None = None
+    times: StageTimes = field(default_factory=lambda: StageTimes(("read", "pre", "infer", "post", "write")))
 
     @property
     def fps(self) -> float:
@@ -185,19 +187,19 @@ def run_images(segmenter: Segmenter, plans: list[tuple[Path, dict[str, Path]]], 
     paths = [p for p, _ in plans]
     outputs = dict(plans)
     progress.start(f"{len(paths)} images", len(paths))
-    segmenter.protocol = options.protocol_for("image")
 
     def on_error(frame: Frame) -> None:
         report.failed.append((frame.name, frame.error or "unreadable"))
         progress.error(frame.name, frame.error or "unreadable")
         progress.advance()
 
-    for prediction in segmenter.stream(_read_frames(paths), batch=options.batch, on_error=on_error):
+    for prediction in segmenter.stream(_read_frames(paths), batch=options.batch, protocol=options.protocol_for("image"),
+                                       times=report.times, on_error=on_error):
         if not prediction.ok:
             continue
         start = time.perf_counter()
         _save_image_outputs(segmenter, prediction, outputs[Path(prediction.frame.name)], options, report)
-        segmenter.times.add("write", time.perf_counter() - start)
+        report.times.add("write", time.perf_counter() - start)
         report.frames += 1
         progress.advance()
 
@@ -233,11 +235,10 @@ def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, rep
         if plan.masks is not None:
             plan.masks.mkdir(parents=True, exist_ok=True)
         progress.start(plan.name, total)
-        segmenter.protocol = options.protocol_for("video")
         frames = (Frame(i, image, plan.name) for i, image in enumerate(reader))
-        if options.max_frames is not None:
-            frames = _take(frames, options.max_frames)
-        for prediction in segmenter.stream(frames, batch=options.batch):
+        frames = itertools.islice(frames, options.max_frames)
+        for prediction in segmenter.stream(frames, batch=options.batch, protocol=options.protocol_for("video"),
+                                           times=report.times):
             start = time.perf_counter()
             image, labels = prediction.frame.image, prediction.labels
             if "overlay" in writers:
@@ -246,7 +247,7 @@ def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, rep
                 writers["color"].write(segmenter.colorize(labels))
             if plan.masks is not None:
                 report.written.append(write_image(plan.masks / f"{prediction.frame.index:06d}.png", labels))
-            segmenter.times.add("write", time.perf_counter() - start)
+            report.times.add("write", time.perf_counter() - start)
             done += 1
             report.frames += 1
             progress.advance()
@@ -264,20 +265,13 @@ def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, rep
         progress.error(plan.name, f"the container announced {total} frames but {done} could be decoded")
 
 
-def _take(frames: Iterator[Frame], count: int) -> Iterator[Frame]:
-    for frame in frames:
-        if frame.index >= count:
-            return
-        yield frame
-
-
 def run_infer(segmenter: Segmenter, source: Source, options: InferOptions,
               progress: ProgressSink | None = None, on_start: Callable[[], None] | None = None) -> InferReport:
     """Segment everything in ``source``; Ctrl-C ends early with ``report.interrupted`` set."""
     progress = progress or ProgressSink()
     images, videos = plan_outputs(source, options)
     single = len(images) + len(videos) == 1
-    report = InferReport(times=segmenter.times)
+    report = InferReport()
     start = time.perf_counter()
     try:
         if images:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import check_compatible, import_tensorrt, read_sidecar, this_gpu
-from ..errors import StdcError
-from .base import Backend
+from .environment import import_tensorrt, this_gpu
+from .sidecar import check_compatible, read_sidecar
+from ...errors import StdcError
+from ..base import Backend
 
 
 class TensorRTBackend(Backend):
