@@ -16,6 +16,7 @@ from stdc_deploy.cli import app
 from stdc_deploy.errors import StdcError
 from stdc_deploy.export import OnnxExportOptions, export_onnx
 from stdc_deploy.jobs import InferOptions, run_infer
+from stdc_deploy.pipeline import StageTimes
 from stdc_deploy.segmenter import Frame, Segmenter
 from stdc_deploy.sources import VideoReader, resolve_source
 from stdc_deploy.synthetic import synthetic_images
@@ -89,13 +90,14 @@ def test_stream_keeps_order_and_reports_failures_in_place(onnx_model):
     failed = []
     with Segmenter(onnx_model) as seg:
         expected = [seg.predict(im) if i != 3 else None for i, im in enumerate(images)]
-        results = list(seg.stream(frames, batch=3, on_error=failed.append))
+        times = StageTimes()
+        results = list(seg.stream(frames, batch=3, on_error=failed.append, times=times))
     assert [r.frame.index for r in results] == list(range(7))
     assert [f.name for f in failed] == ["f3"] and not results[3].ok
     for i, result in enumerate(results):
         if i != 3:
             assert np.array_equal(result.labels, expected[i])
-    assert seg.times.frames == 6 and seg.times.seconds["infer"] > 0
+    assert times.frames == 6 and times.seconds["infer"] > 0
 
 
 def test_stream_stops_its_threads_when_the_consumer_leaves(onnx_model):
@@ -241,7 +243,7 @@ def test_default_model_comes_from_models_folder(runner, onnx_model, tmp_path, mo
     os.link(onnx_model, "models/stdc1-dynamic.onnx")
     result = runner.invoke(app, ["infer", "x.png", "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "model: models/stdc1-dynamic.onnx (newest ONNX file in models/" in result.stdout
+    assert "model: models/stdc1-dynamic.onnx (newest FP32 ONNX in models/" in result.stdout
     assert Path("outputs/x_mask.png").is_file()
 
 

@@ -31,6 +31,7 @@ _REGISTRY = {
     "tensorrt": (".tensorrt.backend", "TensorRTBackend", "tensorrt"),
 }
 BACKEND_NAMES = tuple(_REGISTRY)
+_RUNTIME_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
 # per artifact kind, in order of preference (measured on CPU: ONNX Runtime FP32 is faster
 # than OpenVINO FP32 on this project's machines; OpenVINO BF16 is offered as a precision)
 BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "torchscript": ("torch",), "pt2": ("torch",),
@@ -87,7 +88,8 @@ def _missing(backend: str, path: Path) -> MissingDependencyError:
         return MissingDependencyError("the ONNX Runtime TensorRT execution provider is not available: install "
                                       "onnxruntime-gpu and TensorRT (see README, 'TensorRT')", path)
     runtime = _REGISTRY[backend][2]
-    return MissingDependencyError(f"backend {backend} needs {runtime}: {install_hint(runtime)}", path)
+    return MissingDependencyError(f"{_RUNTIME_NAMES[runtime]} is not installed (backend {backend}): "
+                                  f"{install_hint(runtime)}", path)
 
 
 def create_backend(artifact: str | Path, backend: str | None = None, device: str | None = None,
