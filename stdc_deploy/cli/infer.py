@@ -16,12 +16,11 @@ from ..jobs import InferOptions, InferReport, ProgressSink, parse_save, run_infe
 from ..preprocess import PROTOCOLS
 from ..segmenter import Segmenter
 from ..sources import resolve_source
-from .common import command, console, err_console, parse_size
+from .common import BACKEND_HELP, command, console, err_console, parse_size
 
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", help="Checkpoint, .onnx or engine. Default: the best artifact in engines/ or models/.")]
-BackendOption = Annotated[str | None, typer.Option(
-    "--backend", help="torch, onnxruntime or openvino (default: the fastest available for the model and device).")]
+BackendOption = Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if usable).")]
 PrecisionOption = Annotated[str, typer.Option(
     "--precision", help="fp32; bf16 (OpenVINO on CPUs with bf16, agreement reported); fp16 (PyTorch CUDA).")]
@@ -86,6 +85,7 @@ def _summary(report: InferReport) -> None:
 @command
 def infer(
     source: Annotated[str, typer.Argument(
+        metavar="SOURCE",
         help="Image, folder, glob ('data/*.png'), .txt list of paths, video file, camera index (0) or stream URL.")],
     model: ModelOption = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", "-d", help="Folder for the outputs.")] = Path("outputs"),
@@ -94,20 +94,21 @@ def infer(
     save: Annotated[str | None, typer.Option(
         "--save", help="Comma-separated: mask (uint8 train-id PNG), color (palette), overlay. "
                        "Default: mask,overlay for images; overlay video for videos.")] = None,
-    alpha: Annotated[float, typer.Option("--alpha", help="Weight of the colours in overlays, 0-1.")] = 0.5,
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Frames per inference call.")] = 1,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Weight of the colours in overlays, 0-1.")] = 0.5,
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Frames per inference call.")] = 1,
     backend: BackendOption = None,
     device: DeviceOption = None,
     precision: PrecisionOption = "fp32",
     size: Annotated[str | None, typer.Option(
         "--size", "-s", help="Network input HxW for dynamic models and checkpoints (default: the export size).")] = None,
     protocol: Annotated[str | None, typer.Option(
-        "--protocol", help="official: bilinear logits, then argmax (the evaluation protocol); fast: argmax, then "
-                           "nearest (differs along boundaries only). Default: official for images, fast for videos.")] = None,
+        "--protocol", help="official: the evaluation pipeline (align_corners resize of the normalised image, then of the "
+                           "logits, argmax); fast: OpenCV resize of the 8-bit image, argmax, then nearest (differs along "
+                           "boundaries). Default: official for images, fast for videos and streams.")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders recursively.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     max_frames: Annotated[int | None, typer.Option(
-        "--max-frames", help="Stop after N frames of a video, camera or stream.")] = None,
+        "--max-frames", min=1, help="Stop after N frames of a video, camera or stream.")] = None,
     benchmark: Annotated[bool, typer.Option(
         "--benchmark", help="Also time the model alone on this backend and report end-to-end vs model-only FPS.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
