@@ -7,6 +7,9 @@ Outputs mirror the inputs' names below the output folder:
 | image ``a/b.jpg`` | ``a/b_mask.png`` (uint8 train ids) | ``a/b_color.png`` | ``a/b_overlay.jpg`` |
 | video ``v.mp4`` | ``v_masks/000000.png`` ... | ``v_color.mp4`` | ``v_overlay.mp4`` |
 
+Output videos keep the input's frame size, frame rate and time stamps, and its container
+where it is .mp4/.m4v/.mov/.mkv (H.264) or .avi (Motion JPEG); other inputs give H.264 .mp4.
+``codec`` names another codec (see :mod:`stdc_deploy.video`).
 Every file is written under a temporary name and renamed when complete; existing outputs
 are never replaced without ``overwrite``. Unreadable images are reported and skipped.
 Images get the official post-processing protocol by default and videos the fast one
@@ -16,18 +19,23 @@ Images get the official post-processing protocol by default and videos the fast 
 from __future__ import annotations
 
 import itertools
+import logging
 import re
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import StdcError
-from .outputs import FOURCC, AtomicVideoWriter, write_image
+from .outputs import write_image
 from .pipeline import StageTimes
 from .preprocess import PROTOCOLS
 from .segmenter import Frame, Prediction, Segmenter
-from .sources import Source, VideoReader, read_image
+from .sources import Source, read_image
+from .video import AtomicVideoWriter, VideoReader, check_codec, codec_for, encoder_for, output_suffix
+
+log = logging.getLogger(__name__)
 
 SAVE_KINDS = ("mask", "color", "overlay")
 DEFAULT_IMAGE_SAVE = ("mask", "overlay")
@@ -55,6 +63,7 @@ class InferOptions:
     overwrite: bool = False
     max_frames: int | None = None  # for cameras and streams (and to cut videos short)
     protocol: str | None = None  # None: official for images, fast for videos and streams
+    codec: str | None = None  # output videos: h264, mpeg4, mjpeg or ffv1 (None: h264, mjpeg for .avi)
 
     def protocol_for(self, kind: str) -> str:
         return self.protocol or ("official" if kind == "image" else "fast")
@@ -68,6 +77,7 @@ class InferOptions:
             raise StdcError(f"--alpha must be within 0..1, got {self.alpha}")
         if self.batch < 1:
             raise StdcError(f"--batch must be >= 1, got {self.batch}")
+        self.codec = check_codec(self.codec)
 
 
 @dataclass
@@ -75,7 +85,9 @@ class InferReport:
     frames: int = 0  # frames segmented
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     written: list[Path] = field(default_factory=list)
-    interrupted: bool = False
+    interrupted: bool = False  # Ctrl-C or SIGTERM: the outputs so far are complete files
+    signal: int | None = None  # the signal that interrupted the run (2 SIGINT, 15 SIGTERM); exit code 128 + signal
+    notes: list[str] = field(default_factory=list)  # things to tell the user about the outputs
     seconds: float = 0.0  # wall time of the pipelines
     times: StageTimes = field(default_factory=lambda: StageTimes(("read", "pre", "infer", "post", "write")))
 
@@ -125,9 +137,7 @@ def _stream_stem(stream: int | str) -> str:
 
 def _video_plan(source_path: Path | int | str, stem: str, out_dir: Path, options: InferOptions,
                 save: tuple[str, ...]) -> _VideoPlan:
-    suffix = ".mp4"
-    if isinstance(source_path, Path) and source_path.suffix.lower() in FOURCC:
-        suffix = source_path.suffix.lower()
+    suffix = output_suffix(source_path.suffix if isinstance(source_path, Path) else ".mp4", options.codec)
     overlay = out_dir / f"{stem}_overlay{suffix}" if "overlay" in save else None
     color = out_dir / f"{stem}_color{suffix}" if "color" in save else None
     if options.output is not None:
@@ -147,8 +157,8 @@ def plan_outputs(source: Source, options: InferOptions) -> tuple[list[tuple[Path
     """Every output path, decided before any work; refuses to replace existing outputs."""
     if options.output is not None and (len(source.videos) + (source.stream is not None) != 1 or source.images):
         raise StdcError("--output names one video file; for several inputs use --out-dir")
-    if options.output is not None and options.output.suffix.lower() not in FOURCC:
-        raise StdcError(f"--output must end in a video suffix ({', '.join(sorted(FOURCC))})", options.output)
+    if options.output is not None:
+        codec_for(options.output, options.codec)  # a video suffix that can hold the codec
     images = [(p, _image_outputs(p, source, options.out_dir, options.save or DEFAULT_IMAGE_SAVE))
               for p in source.images]
     video_save = options.save or DEFAULT_VIDEO_SAVE
@@ -158,6 +168,8 @@ def plan_outputs(source: Source, options: InferOptions) -> tuple[list[tuple[Path
         videos.append(_video_plan(path, str(rel.parent / rel.stem), options.out_dir, options, video_save))
     if source.stream is not None:
         videos.append(_video_plan(source.stream, _stream_stem(source.stream), options.out_dir, options, video_save))
+    for path in (p for v in videos for p in (v.overlay, v.color) if p is not None):
+        encoder_for(codec_for(path, options.codec))  # fail before any work, not after the first frame
     everything = [p for _, outs in images for p in outs.values()] + [p for v in videos for p in v.outputs()]
     inputs = {p.resolve() for p in source.images + source.videos}
     clash = next((p for p in everything if p.resolve() in inputs), None)
@@ -217,43 +229,75 @@ def _save_image_outputs(segmenter: Segmenter, prediction: Prediction, outputs: d
         report.written.append(write_image(path, picture))
 
 
+def interrupt_signal(exc: KeyboardInterrupt) -> int:
+    """The signal behind an interruption: ``exc.signum`` where set (SIGTERM), else SIGINT."""
+    return int(getattr(exc, "signum", signal.SIGINT))
+
+
+def _interrupted(report: InferReport, exc: KeyboardInterrupt) -> None:
+    report.interrupted = True
+    report.signal = report.signal or interrupt_signal(exc)
+
+
 def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, report: InferReport,
               progress: ProgressSink) -> None:
+    """Segment one video, camera or stream into its outputs.
+
+    Output videos keep the source's frame size, frame rate and time stamps. An
+    interruption keeps the frames done as playable videos (``report.interrupted``); a
+    file that decodes fewer frames than its container announces keeps them too, and is
+    recorded in ``report.failed``; any other failure leaves no partial video.
+    """
     reader = VideoReader(plan.source)
     info = reader.info
-    total = info.frame_count
+    total = info.expected_frames
     if options.max_frames is not None:
         total = min(total, options.max_frames) if total is not None else options.max_frames
     writers: dict[str, AtomicVideoWriter] = {}
+    stamps: dict[int, int | None] = {}  # frame.index -> the source's time stamp
     finished = False
     done = 0
-    try:
+
+    def frames():
+        for index, item in enumerate(reader.frames()):
+            stamps[index] = item.pts
+            yield Frame(index, item.image, plan.name)
+
+    def open_writers(width: int, height: int) -> None:
         for kind in ("overlay", "color"):
             path = getattr(plan, kind)
             if path is not None:
-                writers[kind] = AtomicVideoWriter(path, info.fps, (info.width, info.height))
+                writers[kind] = AtomicVideoWriter(path, info.rate or info.fps, (width, height), codec=options.codec,
+                                                  time_base=info.time_base)
+                note = writers[kind].note()
+                if note:
+                    log.info("%s", note)
+                    report.notes.append(note)
+
+    try:
         if plan.masks is not None:
             plan.masks.mkdir(parents=True, exist_ok=True)
         progress.start(plan.name, total)
-        frames = (Frame(i, image, plan.name) for i, image in enumerate(reader))
-        frames = itertools.islice(frames, options.max_frames)
-        for prediction in segmenter.stream(frames, batch=options.batch, protocol=options.protocol_for("video"),
-                                           times=report.times):
+        for prediction in segmenter.stream(itertools.islice(frames(), options.max_frames), batch=options.batch,
+                                           protocol=options.protocol_for("video"), times=report.times):
             start = time.perf_counter()
-            image, labels = prediction.frame.image, prediction.labels
+            frame, labels = prediction.frame, prediction.labels
+            if not writers and (plan.overlay or plan.color):
+                open_writers(frame.image.shape[1], frame.image.shape[0])  # the size frames really have
+            pts = stamps.pop(frame.index, None)
             if "overlay" in writers:
-                writers["overlay"].write(segmenter.overlay(image, labels, options.alpha))
+                writers["overlay"].write(segmenter.overlay(frame.image, labels, options.alpha), pts)
             if "color" in writers:
-                writers["color"].write(segmenter.colorize(labels))
+                writers["color"].write(segmenter.colorize(labels), pts)
             if plan.masks is not None:
-                report.written.append(write_image(plan.masks / f"{prediction.frame.index:06d}.png", labels))
+                report.written.append(write_image(plan.masks / f"{frame.index:06d}.png", labels))
             report.times.add("write", time.perf_counter() - start)
             done += 1
             report.frames += 1
             progress.advance()
         finished = True
-    except KeyboardInterrupt:
-        report.interrupted = True
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        _interrupted(report, exc)
         finished = True  # keep what was done: a playable video of the frames so far
     finally:
         reader.close()
@@ -261,13 +305,18 @@ def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, rep
             kept = writer.close(keep=finished)
             if kept is not None:
                 report.written.append(kept)
-    if total is not None and options.max_frames is None and not report.interrupted and done < total:
-        progress.error(plan.name, f"the container announced {total} frames but {done} could be decoded")
+    reached_end = options.max_frames is None or done < options.max_frames
+    problem = reader.shortfall() if reached_end and not report.interrupted else None
+    if problem is not None:
+        reason = problem + (f"; the outputs hold the {done} frames decoded" if done else "")
+        report.failed.append((plan.name, reason))
+        progress.error(plan.name, reason)
 
 
 def run_infer(segmenter: Segmenter, source: Source, options: InferOptions,
               progress: ProgressSink | None = None, on_start: Callable[[], None] | None = None) -> InferReport:
-    """Segment everything in ``source``; Ctrl-C ends early with ``report.interrupted`` set."""
+    """Segment everything in ``source``; Ctrl-C or SIGTERM ends early with ``report.interrupted``
+    and ``report.signal`` set."""
     progress = progress or ProgressSink()
     images, videos = plan_outputs(source, options)
     single = len(images) + len(videos) == 1
@@ -286,8 +335,8 @@ def run_infer(segmenter: Segmenter, source: Source, options: InferOptions,
                     raise
                 report.failed.append((plan.name, exc.message))
                 progress.error(plan.name, exc.message)
-    except KeyboardInterrupt:
-        report.interrupted = True
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        _interrupted(report, exc)
     finally:
         report.seconds = time.perf_counter() - start
         progress.finish()

@@ -2,15 +2,14 @@
 
 :func:`resolve_source` turns the SOURCE argument into a :class:`Source`: a list of image
 and video files (with the folder their output names are made relative to), or one live
-stream. Image and video reading live here too, so every consumer decodes the same way.
+stream. Image reading lives here, video reading in :mod:`stdc_deploy.video` (re-exported),
+so every consumer decodes the same way.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import cv2
 import numpy as np
 
 from .errors import StdcError
+from .video import VideoInfo, VideoReader, is_stream_url
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".ts"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
-_STREAM = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 @dataclass
@@ -92,7 +91,7 @@ def resolve_source(source: str, recursive: bool = False) -> Source:
     text = source.strip()
     if text.isdigit():
         return Source(f"camera {text}", stream=int(text))
-    if _STREAM.match(text):
+    if is_stream_url(text):
         return Source(text, stream=text)
     if any(ch in text for ch in "*?[") and not Path(text).expanduser().exists():
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
@@ -131,46 +130,5 @@ def read_image(path: Path) -> np.ndarray:
     return image
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    fps: float
-    width: int
-    height: int
-    frame_count: int | None  # as the container reports it; None for live streams
-
-
-class VideoReader:
-    """Frames of a video file, camera or stream, in order, as BGR uint8 arrays."""
-
-    def __init__(self, source: str | int | Path):
-        self.source = source
-        self.name = str(source)
-        capture = cv2.VideoCapture(source if isinstance(source, int) else str(source))
-        if not capture.isOpened():
-            capture.release()
-            raise StdcError("cannot open this video (missing codec, corrupt file, or no such device)",
-                            self.name)
-        self._capture = capture
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        live = isinstance(source, int) or bool(_STREAM.match(str(source)))
-        self.info = VideoInfo(fps=fps if 0 < fps < 1000 else 30.0,
-                              width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-                              height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-                              frame_count=None if live or count <= 0 else count)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            ok, frame = self._capture.read()
-            if not ok:
-                return
-            yield frame
-
-    def close(self) -> None:
-        self._capture.release()
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+__all__ = ["IMAGE_SUFFIXES", "LIST_SUFFIXES", "VIDEO_SUFFIXES", "Source", "VideoInfo", "VideoReader", "media_kind", "read_image",
+           "resolve_source"]

@@ -34,9 +34,15 @@ class State:
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, systemd, ``docker stop``): handled like Ctrl-C, exit code 143."""
 
+    signum = signal.SIGTERM
 
-def _on_sigterm(signum, frame) -> None:
-    raise Terminated()
+
+def _interrupt_once(signum, frame) -> None:
+    """First SIGINT / SIGTERM: raise, so the command finalises what it has. Later ones are
+    ignored, so that finalising (closing a video, joining threads) is never cut short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def styled(text: str, style: str) -> Text:
@@ -72,7 +78,7 @@ def command(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = {sig: signal.signal(sig, _interrupt_once) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return fn(*args, **kwargs)
         except StdcError as exc:
@@ -86,8 +92,8 @@ def command(fn):
             err_console.print("terminated" if isinstance(exc, Terminated) else "interrupted")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         finally:
-            if signal.getsignal(signal.SIGTERM) is _on_sigterm:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     return wrapper
 

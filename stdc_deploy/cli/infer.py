@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -105,6 +106,9 @@ def infer(
         "--protocol", help="official: the evaluation pipeline (align_corners resize of the normalised image, then of the "
                            "logits, argmax); fast: OpenCV resize of the 8-bit image, argmax, then nearest (differs along "
                            "boundaries). Default: official for images, fast for videos and streams.")] = None,
+    codec: Annotated[str | None, typer.Option(
+        "--codec", help="Output video codec: h264 (default; .mp4/.m4v/.mov/.mkv), mpeg4, mjpeg (default for .avi), "
+                        "ffv1 (lossless; .mkv/.avi).")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Search folders recursively.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     max_frames: Annotated[int | None, typer.Option(
@@ -121,7 +125,8 @@ def infer(
     if protocol is not None and protocol not in PROTOCOLS:
         raise StdcError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     options = InferOptions(out_dir=out_dir, output=output, save=parse_save(save), alpha=alpha, batch=batch,
-                           overwrite=overwrite, max_frames=max_frames, protocol=protocol)
+                           overwrite=overwrite, max_frames=max_frames, protocol=protocol,
+                           codec=codec)
     resolved = resolve_source(source, recursive=recursive)
     if model is None:
         choice = find_default_model()
@@ -150,8 +155,11 @@ def infer(
         shown = [str(p) for p in report.written if not p.parent.name.endswith("_masks")][:3]
         more = len(report.written) - len(shown)
         console.print(f"wrote {', '.join(shown)}" + (f" and {more} more" if more else ""), highlight=False)
+    for note in report.notes:
+        err_console.print(f"note: {note}")
     if report.interrupted:
-        err_console.print("interrupted: outputs so far are complete files", highlight=False)
-        raise typer.Exit(130)
+        what = "terminated" if report.signal == signal.SIGTERM else "interrupted"
+        err_console.print(f"{what}: outputs so far are complete files")
+        raise typer.Exit(128 + (report.signal or signal.SIGINT))
     if report.failed:
         raise typer.Exit(1)
