@@ -42,6 +42,7 @@ class Remapped:
     state_dict: dict[str, torch.Tensor]
     source_format: str  # "official" or "mmseg"
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> original keys
+    inplace_abn: tuple[str, ...] = ()  # layers whose InPlaceABN scale was converted (see remap_state_dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class CheckpointInfo:
     classifier_bias: bool
     has_aux_heads: bool
     dropped: dict[str, int]  # reason -> number of tensors
+    inplace_abn_layers: int = 0  # official InPlaceABN layers, scale converted to |weight| + eps
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -237,7 +239,34 @@ def remap_state_dict(state_dict: Mapping[str, torch.Tensor], *, keep_aux_heads: 
             out[key] = value
             continue
         dropped.setdefault(reason, []).append(key)
-    return Remapped(out, source, dropped)
+    converted = ()
+    if source == "official":
+        converted = inplace_abn_layers(out)
+        for layer in converted:
+            out[f"{layer}.weight"] = out[f"{layer}.weight"].abs() + INPLACE_ABN_EPS
+    return Remapped(out, source, dropped, converted)
+
+
+INPLACE_ABN_EPS = 1e-5  # the official InPlaceABNSync's default eps
+
+
+def inplace_abn_layers(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    """The layers the official code ran as InPlaceABNSync: head BatchNorms (outside
+    ``cp.backbone``) saved without ``num_batches_tracked``.
+
+    InPlaceABN scales by ``|weight| + eps``, not ``weight`` (its CPU and CUDA kernels both
+    compute ``gamma = abs(weight) + eps``), so :func:`remap_state_dict` stores that value and
+    a plain BatchNorm computes what the official network computed, negative weights included.
+    Checkpoints written with plain BatchNorm (MMSeg, the fork) keep ``num_batches_tracked``
+    and are left as they are.
+    """
+    layers = []
+    for key in state_dict:
+        if key.endswith(".running_var") and not key.startswith("cp.backbone."):
+            layer = key[: -len(".running_var")]
+            if f"{layer}.num_batches_tracked" not in state_dict and f"{layer}.weight" in state_dict:
+                layers.append(layer)
+    return tuple(sorted(layers))
 
 
 # ----------------------------------------------------------------------------- detection
@@ -300,9 +329,26 @@ def load_state_dict_strict(model: torch.nn.Module, state_dict: Mapping[str, torc
     model.load_state_dict(sd, strict=True)
 
 
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or Inf values."""
+    return [k for k, v in state_dict.items()
+            if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all())]
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Refuse weights with NaN/Inf values: they would give all-zero masks and NaN parity."""
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        raise CheckpointError(f"corrupt weights: NaN/Inf values in {len(bad)} tensor(s): {_name_list(bad, 3)}; "
+                              "re-download or re-train the checkpoint")
+
+
 def inspect_checkpoint(state_dict: Mapping[str, torch.Tensor], *, path: str | os.PathLike | None = None,
                        keep_aux_heads: bool = False) -> tuple[Remapped, CheckpointInfo]:
-    """Remap and describe a state_dict (architecture, classes, classifier bias)."""
+    """Remap and describe a state_dict (architecture, classes, classifier bias).
+
+    Raises :class:`CheckpointError` for non-finite weights among the tensors the model would load.
+    """
     try:
         remapped = remap_state_dict(state_dict, keep_aux_heads=keep_aux_heads)
         sd = remapped.state_dict
@@ -316,7 +362,9 @@ def inspect_checkpoint(state_dict: Mapping[str, torch.Tensor], *, path: str | os
             has_aux_heads=any(_AUX_HEAD.match(k) for k in sd) or any(
                 "heads" in reason for reason in remapped.dropped),
             dropped={reason: len(keys) for reason, keys in remapped.dropped.items()},
+            inplace_abn_layers=len(remapped.inplace_abn),
         )
+        check_finite(sd)
     except CheckpointError as exc:
         if path is not None and exc.path is None:
             raise CheckpointError(str(exc), path) from None

@@ -60,21 +60,34 @@ class Dataset:
     layout: str  # "cityscapes" or "generic"
 
     def read_label(self, sample: Sample) -> np.ndarray:
+        """Train ids (generic: -1 where ignored; Cityscapes: 255 where ignored).
+
+        Cityscapes labels are the 8-bit ``*_gtFine_labelIds.png``; a 16-bit file is read as
+        long as every value is a labelId (0-33), and one with larger values (an
+        ``instanceIds`` image: 26001 ...) is refused with that named. Generic masks may be 8- or
+        16-bit (16-bit holds more than 256 classes) if every value is a class or the ignore index.
+        """
         raw = cv2.imread(str(sample.label), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise StdcError("not a readable label image", sample.label)
         if raw.ndim != 2:
             raise StdcError(f"a label image must have one channel, this one has {raw.shape[2]}", sample.label)
+        if raw.dtype not in (np.uint8, np.uint16):
+            raise StdcError(f"a label image must hold 8- or 16-bit integers, this one holds {raw.dtype}", sample.label)
+        wide = raw.dtype == np.uint16
         if self.layout == "cityscapes":
-            if raw.dtype != np.uint8 or int(raw.max()) > CITYSCAPES_MAX_ID:
-                raise StdcError(f"label id {int(raw.max())} out of range for Cityscapes labelIds (0-{CITYSCAPES_MAX_ID})",
-                                sample.label)
+            if int(raw.max()) > CITYSCAPES_MAX_ID:
+                hint = ("; this is a 16-bit image: labels must be 8-bit labelIds (*_gtFine_labelIds.png), "
+                        "not instanceIds" if wide else "")
+                raise StdcError(f"label id {int(raw.max())} out of range for Cityscapes labelIds "
+                                f"(0-{CITYSCAPES_MAX_ID}){hint}", sample.label)
             return LABEL_TO_TRAIN[raw]
         values = np.unique(raw)
         bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
         if len(bad):
+            hint = "; this is a 16-bit image: masks must hold train ids, not instance or colour ids" if wide else ""
             raise StdcError(f"label value {int(bad[0])} out of range (classes 0-{self.num_classes - 1}, "
-                            f"ignore {self.ignore_index})", sample.label)
+                            f"ignore {self.ignore_index}){hint}", sample.label)
         out = raw.astype(np.int64)
         out[raw == self.ignore_index] = -1
         return out
@@ -105,7 +118,9 @@ def generic_dataset(images_dir: Path, masks_dir: Path, num_classes: int, ignore_
         if not folder.is_dir():
             raise StdcError("no such folder", folder)
     if num_classes < 1:
-        raise StdcError(f"--num-classes must be >= 1, got {num_classes}")
+        raise InvalidValue("num_classes", f"must be >= 1, got {num_classes}")
+    if ignore_index < 0:
+        raise InvalidValue("ignore_index", f"must be >= 0, got {ignore_index}")
     images = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise StdcError("no images in this folder", images_dir)
@@ -191,6 +206,8 @@ def evaluate(dataset: Dataset, backends: Sequence[Backend], scale: float | None 
                             f"{dataset.num_classes}", backend.artifact)
     if limit is not None and limit < 1:
         raise InvalidValue("limit", f"must be >= 1, got {limit}")
+    if scale is not None and not 0.05 <= scale <= 4.0:
+        raise InvalidValue("scale", f"must be within 0.05..4, got {scale:g}")
     samples = dataset.samples[:limit] if limit else dataset.samples
     results = [ModelResult(b.artifact.name, b.name, np.zeros((dataset.num_classes,) * 2, np.int64)) for b in backends]
     segmenters = [Segmenter(b, protocol="official") for b in backends]  # borrowed: the caller closes them

@@ -16,7 +16,7 @@ from torch import nn
 
 import cv2
 
-from .checkpoint import FEATURE_BLOCK
+from .checkpoint import FEATURE_BLOCK, INPLACE_ABN_EPS, inplace_abn_layers
 from .models import STDCSeg, create_model
 from .preprocess import normalize
 
@@ -94,15 +94,23 @@ def random_model(arch: str = "stdc1", num_classes: int = 19, *, seed: int = 0, a
 def to_official_state_dict(model: STDCSeg) -> dict[str, torch.Tensor]:
     """The model's weights in the exact key layout the official training code writes.
 
-    Adds the backbone stage aliases and an ImageNet head (zeros and identity statistics:
-    the official model carries one, unused for segmentation) and drops the
-    ``num_batches_tracked`` counters that InPlaceABN layers do not have. Needs a model
-    built with ``aux_heads=True`` (official checkpoints always hold those heads).
+    Adds the backbone stage aliases and an ImageNet head (zeros and identity statistics: the
+    official model carries one, unused for segmentation), drops the ``num_batches_tracked``
+    counters that InPlaceABN layers do not have, and stores head BatchNorm weights as
+    InPlaceABN holds them (``weight - eps``; see
+    :func:`stdc_deploy.checkpoint.inplace_abn_layers`). Needs a model built with
+    ``aux_heads=True`` (official checkpoints always hold those heads).
     """
     if not model.aux_heads:
         raise ValueError("official checkpoints carry the training heads: build the model with aux_heads=True")
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()
           if not (k.endswith("num_batches_tracked") and not k.startswith("cp.backbone."))}
+    # the head's BatchNorms were InPlaceABNSync there, which scales by |weight| + eps
+    for layer in inplace_abn_layers(sd):
+        weight = sd[f"{layer}.weight"]
+        if bool((weight < INPLACE_ABN_EPS).any()):
+            raise ValueError(f"{layer}: BatchNorm weights below {INPLACE_ABN_EPS} have no InPlaceABN equivalent")
+        sd[f"{layer}.weight"] = weight - INPLACE_ABN_EPS
     out = dict(sd)
     # aliases: x2=features[:1], x4=features[1:2], x8/x16/x32 = the three stages
     ends = model.cp.backbone.stage_ends

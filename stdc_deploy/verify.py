@@ -120,3 +120,26 @@ def verify_artifacts(specs: Sequence[ArtifactSpec], images: Sequence[np.ndarray]
         tol = dataclasses.replace(default_tolerance(precisions[i], precisions[j]), **overrides)
         pairs.append(PairResult(labels[i], labels[j], compare_logits(outputs[i], outputs[j]), tol))
     return labels, size, pairs
+
+
+VERIFY_SCHEMA = "stdc-deploy.verify/1"
+
+
+def verify_report(labels: Sequence[str], size: tuple[int, int], pairs: Sequence[PairResult], num_images: int) -> dict:
+    """The JSON form of a :func:`verify_artifacts` result: one entry per pair with its
+    numbers, the limits it was judged by and whether it passed."""
+    def num(value: float) -> float | None:  # JSON has no NaN/Infinity: null (no limit, or no number)
+        return float(value) if np.isfinite(value) else None
+
+    def pair_json(pair: PairResult) -> dict:
+        p, tol = pair.parity, pair.tolerance
+        return {"a": pair.a, "b": pair.b, "shape": list(p.shape), "max_abs_error": num(p.max_abs_error),
+                "mean_abs_error": num(p.mean_abs_error), "logit_abs_max": num(p.reference_abs_max),
+                "label_agreement": p.label_agreement,
+                "limits": {"atol": num(tol.atol), "rtol": num(tol.rtol),
+                           "max_abs_error": num(tol.max_error_for(p.reference_abs_max)),
+                           "min_label_agreement": tol.min_label_agreement},
+                "passes": pair.passes}
+
+    return {"schema": VERIFY_SCHEMA, "artifacts": list(labels), "images": num_images, "input_size": list(size),
+            "passes": all(p.passes for p in pairs), "pairs": [pair_json(p) for p in pairs]}

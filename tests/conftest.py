@@ -10,18 +10,7 @@ from stdc_deploy.synthetic import to_official_state_dict
 from stdc_deploy.preprocess import normalize
 from stdc_deploy.synthetic import random_model, synthetic_images
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
 torch.set_num_threads(2)
-
-
-def official_key_table(arch: str) -> dict[str, str]:
-    """name -> shape ('32x3x3x3' / 'scalar') of a checkpoint written by the official code."""
-    path = REFERENCE_DIR / f"official_{arch}_seg_keys.tsv"
-    if not path.is_file():
-        pytest.skip(f"reference key list not found at {path}")
-    rows = (line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line.strip())
-    return {name: shape for name, shape in rows}
 
 
 def shape_str(t: torch.Tensor) -> str:

@@ -42,6 +42,11 @@ def block_position(arch: str, n: int) -> tuple[int, int]:
 
 
 def official_to_mmseg(official: dict[str, torch.Tensor], arch: str, classifier_bias: torch.Tensor) -> dict:
+    official = dict(official)
+    # the official head BNs are InPlaceABN (scale |w| + 1e-5); MMSeg's are plain BatchNorm
+    for key in [k for k in official if k.endswith(".running_var") and not k.startswith("cp.backbone.")]:
+        weight = key.replace("running_var", "weight")
+        official[weight] = official[weight].abs() + 1e-5
     out: dict[str, torch.Tensor] = {}
     for key, value in official.items():
         if re.match(r"cp\.backbone\.(x\d+|conv_last|fc|bn|linear)\.", key) or key.startswith("conv_out_sp"):

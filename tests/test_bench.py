@@ -1,6 +1,7 @@
 """`stdc bench`: statistics, the JSON/CSV it writes, and real (tiny) runs."""
 
 import csv
+import importlib.util
 import json
 
 import pytest
@@ -16,7 +17,7 @@ from stdc_deploy.bench import (
     time_steps,
 )
 from stdc_deploy.cli import app
-from stdc_deploy.errors import StdcError
+from stdc_deploy.errors import InvalidValue, StdcError
 from stdc_deploy.models import PRESETS, Preset
 
 
@@ -50,8 +51,10 @@ def test_settings_defaults_and_validation():
     assert BenchSettings(iters=50, warmup=1).for_device("cuda") == (1, 50, None)
     with pytest.raises(StdcError, match="unknown mode"):
         BenchSettings(modes=("fastest",))
-    with pytest.raises(StdcError, match="--batch"):
-        BenchSettings(batch=0)
+    for bad, message in (({"batch": 0}, "batch: must be >= 1"), ({"warmup": -1}, "warmup: must be >= 0"),
+                         ({"iters": 0}, "iters: must be >= 1"), ({"seconds": 0.0}, "seconds: must be > 0")):
+        with pytest.raises(InvalidValue, match=message):
+            BenchSettings(**bad)
 
 
 def test_presets_are_the_papers():
@@ -103,17 +106,27 @@ def test_json_and_csv_schema(tiny_report, tmp_path):
     assert float(rows[0]["mean_ms"]) == pytest.approx(tiny_report.rows[0].latency.mean_ms)
 
 
-def test_cli_bench_arch_and_model(tmp_path, official_checkpoints):
+def test_cli_bench_arch_and_model(tmp_path, official_checkpoints, monkeypatch):
+    from stdc_deploy.cli.common import console
+
+    monkeypatch.setattr(console, "_width", None)  # follow COLUMNS, as in a fresh process
     runner = CliRunner()
     out = tmp_path / "r.json"
     result = runner.invoke(app, ["bench", "--arch", "stdc1", "--size", "64x128", "--iters", "2", "--warmup", "1",
                                  "--backend", "onnxruntime", "--backend", "openvino", "--json", str(out),
-                                 "--mode", "model-only", "--mode", "end-to-end"])
+                                 "--mode", "model-only", "--mode", "end-to-end"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     backends = {r["backend"] for r in data["rows"]}
     assert "onnxruntime" in backends and {r["mode"] for r in data["rows"]} == {"model-only", "end-to-end"}
     assert "model-only" in result.stdout and "2 timed runs per row after 1 warm-up runs" in result.stdout
+    # the table is readable in 80 columns: no cell cut short, every row's numbers shown
+    table = result.stdout.split("stdc bench:")[1].split("environment:")[0]
+    assert "…" not in table and max(map(len, table.splitlines())) <= 80, table
+    assert "input 64x128" in table and "batch 1" in table
+    for row in data["rows"]:
+        line = next(line for line in table.splitlines() if f"{row['latency']['mean_ms']:.2f}" in line)
+        assert f"{row['fps']:.1f}" in line and row["mode"] in line and row["backend"] in line
     result = runner.invoke(app, ["bench", "--model", str(official_checkpoints["stdc1"]), "--size", "64x128",
                                  "--iters", "2", "--warmup", "0"])
     assert result.exit_code == 0, result.output
@@ -137,10 +150,82 @@ def test_plot_needs_matplotlib_or_writes_png(tiny_report, tmp_path):
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        with pytest.raises(StdcError, match="pip install matplotlib"):
+        with pytest.raises(StdcError, match=r"pip install 'stdc-deploy\[plot\]'"):
             write_plot(tiny_report, tmp_path / "p.png")
         return
     write_plot(tiny_report, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+
+
+def test_table_fits_80_columns(tiny_report):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from stdc_deploy.cli.bench import bench_table
+
+    table, setup = bench_table(tiny_report.rows)
+    assert setup == "model tiny, input 64x128, device cpu, prec fp32, batch 2"
+    buffer = StringIO()
+    Console(file=buffer, width=80).print(table)
+    text = buffer.getvalue()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80
+    for row in tiny_report.rows:
+        assert f"{row.latency.p99_ms:.2f}" in text and f"{row.fps:.1f}" in text
+
+
+def test_preset_table_fits_80_columns():
+    """The default run (four presets, one backend) on a GPU: every cell whole on one line."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from stdc_deploy.bench import BenchRow
+    from stdc_deploy.cli.bench import bench_table
+
+    stats = LatencyStats.from_seconds([0.0123, 0.0125, 0.0131])
+    rows = [BenchRow(model=p.name, arch=p.arch, height=p.height, width=p.width, batch=1, backend="tensorrt",
+                     device="cuda:0", precision="fp16", mode="model-only", latency=stats, fps=1e3 / stats.mean_ms,
+                     peak_rss_mb=1234.0, gpu_peak_mb=2345.0, paper_fps=p.paper_fps) for p in PRESETS.values()]
+    table, setup = bench_table(rows)
+    assert setup == "backend tensorrt, device cuda:0, prec fp16, batch 1, mode model-only, peak MB = RSS/GPU"
+    buffer = StringIO()
+    Console(file=buffer, width=80).print(table)
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == 2 + len(rows) and max(map(len, lines)) <= 80, buffer.getvalue()
+    for row, line in zip(rows, lines[2:]):
+        assert line.split() == [row.model, f"{row.height}x{row.width}", f"{stats.mean_ms:.2f}", f"{stats.p50_ms:.2f}",
+                                f"{stats.p99_ms:.2f}", f"{row.fps:.1f}", f"{row.paper_fps:.1f}", "1234/2345"]
+
+
+@pytest.mark.parametrize("args", [["--batch", "0"], ["--warmup", "-1"], ["--iters", "0"], ["--seconds", "0"],
+                                  ["--seconds", "-2"], ["--seconds", "inf"]])
+def test_cli_numeric_options_are_range_checked(args):
+    result = CliRunner().invoke(app, ["bench", "--arch", "stdc1", *args], env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and args[0] in result.output, result.output
+    assert "than or equal to" in result.output or "x>0" in result.output
+
+
+def test_cli_outputs_are_checked_before_timing(tmp_path):
+    existing = tmp_path / "r.json"
+    existing.write_text("{}")
+    args = ["bench", "--arch", "stdc1", "--size", "64x128", "--iters", "1"]
+    result = CliRunner().invoke(app, [*args, "--json", str(existing)])
+    assert result.exit_code == 1 and "r.json: exists (pass --overwrite" in result.stderr
+    assert "timing" not in result.stdout and existing.read_text() == "{}"
+    result = CliRunner().invoke(app, [*args, "--csv", str(tmp_path)])
+    assert result.exit_code == 1 and "is a folder" in result.stderr
+    result = CliRunner().invoke(app, [*args, "--csv", str(existing / "r.csv")])
+    assert result.exit_code == 1 and "timing" not in result.stdout
+
+
+def test_cli_plot_needs_matplotlib_up_front(tmp_path):
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed: the message is for machines without it")
+    plot = tmp_path / "p.png"
+    result = CliRunner().invoke(app, ["bench", "--arch", "stdc1", "--size", "64x128", "--plot", str(plot)])
+    assert result.exit_code == 1 and "timing" not in result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert "--plot needs matplotlib: pip install 'stdc-deploy[plot]'" in line

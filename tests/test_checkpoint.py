@@ -212,3 +212,64 @@ def test_training_heads_are_reported_through_prefixes(official_checkpoints):
     no_heads = {k: v for k, v in sd.items() if not k.startswith(("module.conv_out1", "module.conv_out3",
                                                                    "module.conv_out_sp"))}
     assert not inspect_checkpoint(no_heads)[1].has_aux_heads
+
+
+def test_non_finite_weights_are_named(official_checkpoints, tmp_path):
+    sd = torch.load(official_checkpoints["stdc1"], weights_only=True)
+    names = [k for k, v in sd.items() if k.startswith("cp.backbone.features.") and v.is_floating_point()][:5]
+    for name in names:
+        sd[name] = sd[name].clone()
+        sd[name].view(-1)[-1] = float("nan")
+    path = tmp_path / "nan.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as exc:
+        load_model(path)
+    text = str(exc.value)
+    assert text.startswith(f"{path}: corrupt weights: NaN/Inf values in 5 tensor(s): "
+                           f"{names[0]}, {names[1]}, {names[2]}")
+    assert "... and 2 more" in text and "\n" not in text
+    with pytest.raises(CheckpointError, match="NaN/Inf"):
+        inspect_checkpoint(read_state_dict(path), path=path)
+
+
+def test_non_finite_values_in_dropped_tensors_do_not_matter(official_checkpoints, tmp_path):
+    sd = torch.load(official_checkpoints["stdc1"], weights_only=True)
+    head = next(k for k in sd if k.startswith("conv_out16.") and sd[k].is_floating_point())
+    sd[head] = torch.full_like(sd[head], float("nan"))  # a training-only head: not loaded for inference
+    path = tmp_path / "head.pth"
+    torch.save(sd, path)
+    load_model(path)
+    with pytest.raises(CheckpointError, match=head.replace(".", r"\.")):
+        load_model(path, aux_heads=True)
+
+
+def test_official_inplace_abn_scale_is_abs_weight_plus_eps(models_by_arch, sample_input, tmp_path):
+    """The official head BNs were InPlaceABN: gamma = |weight| + eps, negative weights included."""
+    from stdc_deploy.checkpoint import INPLACE_ABN_EPS, inplace_abn_layers, load_model
+    from stdc_deploy.synthetic import to_official_state_dict
+
+    model = models_by_arch["stdc1"]
+    official = to_official_state_dict(model)
+    layers = inplace_abn_layers(official)
+    assert len(layers) == 15 and all(not layer.startswith("cp.backbone.") for layer in layers)
+    assert "cp.arm16.bn_atten" in layers and "ffm.convblk.bn" in layers and "conv_out.conv.bn" in layers
+    # the round trip gives back the model's own scales
+    loaded, info = load_model(_save(official, tmp_path / "a.pth"))
+    assert info.inplace_abn_layers == 9  # the training heads (6 layers) are dropped
+    assert torch.allclose(loaded.cp.arm16.bn_atten.weight, model.cp.arm16.bn_atten.weight, atol=1e-6)
+    # a negative InPlaceABN weight acts as its absolute value
+    flipped = dict(official)
+    flipped["cp.arm16.bn_atten.weight"] = -official["cp.arm16.bn_atten.weight"] - 2 * INPLACE_ABN_EPS
+    negative, _ = load_model(_save(flipped, tmp_path / "b.pth"))
+    assert torch.allclose(negative.cp.arm16.bn_atten.weight, model.cp.arm16.bn_atten.weight + 2 * INPLACE_ABN_EPS)
+    # a plain-BatchNorm checkpoint in official names (num_batches_tracked kept) is loaded as it is
+    plain = {**official, "cp.arm16.bn_atten.num_batches_tracked": torch.tensor(7)}
+    plain["cp.arm16.bn_atten.weight"] = model.cp.arm16.bn_atten.weight.detach().clone()
+    kept, info = load_model(_save(plain, tmp_path / "c.pth"))
+    assert info.inplace_abn_layers == 8
+    assert torch.equal(kept.cp.arm16.bn_atten.weight, model.cp.arm16.bn_atten.weight)
+
+
+def _save(state_dict, path):
+    torch.save(state_dict, path)
+    return path

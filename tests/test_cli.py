@@ -36,8 +36,10 @@ def test_export_onnx_and_info(runner, official_checkpoints, tmp_path):
     info = runner.invoke(app, ["info", str(out), "--json"])
     assert info.exit_code == 0
     assert '"arch": "stdc1"' in info.stdout and '"input_height": 64' in info.stdout
-    again = runner.invoke(app, ["export", "onnx", str(official_checkpoints["stdc1"]), "-o", str(out),
-                                "--size", "64x128"])
+    args = ["export", "onnx", str(official_checkpoints["stdc1"]), "-o", str(out), "--size", "64x128"]
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "m.onnx: exists (pass --overwrite" in again.stderr
+    again = runner.invoke(app, [*args, "--overwrite"])
     assert again.exit_code == 0 and "Replaced" in again.stdout
 
 
@@ -101,8 +103,8 @@ def test_mismatched_overrides(runner, official_checkpoints, tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--size", "big"], "--size 'big'"),
-    (["--size", "16x16"], "out of range"),
-    (["--opset", "11"], "opset 11 is too old"),
+    (["--size", "16x16"], "each side must be within 32..8192"),
+    (["--opset", "11"], "--opset: must be within 18..23, got 11"),
 ])
 def test_bad_options(runner, official_checkpoints, tmp_path, args, fragment):
     result = runner.invoke(app, ["export", "onnx", str(official_checkpoints["stdc1"]), "-o",
@@ -130,3 +132,22 @@ def test_demo_runs_end_to_end(runner, tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["demo-stdc1-64x128.onnx", "demo-stdc1-frame.png", "demo-stdc1-overlay.png",
                      "demo-stdc1-random.pth"]
+
+
+def test_export_refuses_non_finite_weights(runner, official_checkpoints, tmp_path):
+    sd = torch.load(official_checkpoints["stdc1"], weights_only=True)
+    for name in ("cp.conv_avg.conv.weight", "conv_out.conv_out.weight"):
+        sd[name] = sd[name].clone()
+        sd[name].view(-1)[0] = float("inf")
+    bad = tmp_path / "inf.pth"
+    torch.save(sd, bad)
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(app, ["export", "onnx", str(bad), "-o", str(out), "--size", "64x128"])
+    _assert_one_line_error(result, "inf.pth", "NaN/Inf values in 2 tensor(s)", "cp.conv_avg.conv.weight")
+    assert not out.exists()
+
+
+def test_usage_lines_name_arguments(runner):
+    for command in (["info"], ["verify"]):
+        result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+        assert result.exit_code == 0 and "ARTIFACT" in result.stdout and "{artifact" not in result.stdout

@@ -25,7 +25,7 @@ from stdc_deploy.backends.tensorrt import (
     sidecar_path,
 )
 from stdc_deploy.export.fp16 import convert_onnx_fp16
-from stdc_deploy.errors import MissingDependencyError, StdcError
+from stdc_deploy.errors import InvalidValue, MissingDependencyError, StdcError
 from stdc_deploy.core.artifacts import read_onnx_metadata
 from stdc_deploy.export import OnnxExportOptions, export_onnx
 
@@ -57,17 +57,61 @@ def test_build_engine_without_tensorrt_fails_cleanly(onnx_models, tmp_path, monk
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["build-engine", str(onnx_models["static"]), "--precision", "fp16"])
     assert result.exit_code == 1
-    assert "TensorRT is not installed: pip install --extra-index-url https://pypi.nvidia.com tensorrt" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install --extra-index-url https://pypi.nvidia.com tensorrt" in lines[0]
     assert "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == [] and sorted(p.name for p in onnx_models["static"].parent.iterdir()) == [
         "dynamic.onnx", "static.onnx"]  # no engine, sidecar or FP16 ONNX left anywhere
 
 
-def test_build_options_validation():
-    with pytest.raises(StdcError, match="needs --calib"):
-        BuildOptions(precision="int8").validate()
-    with pytest.raises(StdcError, match="choose fp32, fp16 or int8"):
-        BuildOptions(precision="bf8").validate()
+@pytest.mark.parametrize("options, param, message", [
+    (BuildOptions(precision="int8"), "calib", "precision int8 needs a folder of real images"),
+    (BuildOptions(precision="bf8"), "precision", "choose fp32, fp16 or int8"),
+    (BuildOptions(workspace_gb=0), "workspace_gb", "give GiB between 0 and 1024"),
+    (BuildOptions(precision="int8", calib=Path("c"), num_images=0), "num_images", "must be >= 1"),
+])
+def test_build_options_validation(options, param, message):
+    with pytest.raises(InvalidValue, match=message) as caught:
+        options.validate()
+    assert caught.value.param == param and "--" not in caught.value.message
+
+
+def test_build_engine_cli_names_flags(onnx_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["build-engine", str(onnx_models["static"]), "--precision", "int8",
+                                      "--calib-images", "5"])  # the second name of --num-images
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["error: --calib: precision int8 needs a folder of real images "
+                                                  "for calibration"]
+    result = CliRunner().invoke(app, ["build-engine", str(onnx_models["static"]), "--num-images", "0",
+                                      "--precision", "int8", "--calib", "."])
+    assert result.exit_code == 1 and "error: --num-images: must be >= 1, got 0" in result.stderr
+    result = CliRunner().invoke(app, ["build-engine", str(onnx_models["static"]), "--workspace", "0"])
+    assert result.exit_code == 1 and "error: --workspace: give GiB" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_build_engine_output_policy(onnx_models, tmp_path):
+    """The engine, its sidecar and the intermediate ONNX are outputs; checked before any work."""
+    source = onnx_models["static"]
+    before = source.read_bytes()
+    cases = [
+        (["-o", str(source)], f"{source}: this output is also an input"),
+        (["-o", str(tmp_path / "m.onnx")], "--output: TensorRT engine files need the suffix .engine or .plan"),
+        (["-o", str(tmp_path)], "is a folder; give a file name"),
+    ]
+    (tmp_path / "old.engine.json").write_text("{}")
+    cases.append((["-o", str(tmp_path / "old.engine")], "old.engine.json: exists (pass --overwrite to replace it)"))
+    (tmp_path / "new.fp16.onnx").write_text("stale")
+    cases.append((["-o", str(tmp_path / "new.engine"), "--precision", "fp16"],
+                  "new.fp16.onnx: exists (pass --overwrite to replace it)"))
+    for args, message in cases:
+        result = CliRunner().invoke(app, ["build-engine", str(source), *args])
+        assert result.exit_code == 1, args
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, lines)
+    assert source.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.fp16.onnx", "old.engine.json"]
 
 
 def test_profiles(onnx_models):
@@ -125,9 +169,12 @@ def test_engines_route_to_tensorrt_and_are_skipped_here(onnx_models, tmp_path, m
 
 
 def test_fp16_onnx_for_the_engine(onnx_models, tmp_path):
-    target = convert_onnx_fp16(onnx_models["dynamic"], tmp_path / "m.fp16.onnx")
+    result = convert_onnx_fp16(onnx_models["dynamic"], tmp_path / "m.fp16.onnx")
+    target = result.path
     meta = read_onnx_metadata(target)
-    assert meta.precision == "fp16" and meta.dynamic
+    assert meta.precision == "fp16" and meta.dynamic and result.metadata == meta
+    assert len(result.parity) == 2 and all(p.label_agreement > 0.98 for p in result.parity)
+    assert meta.opset == next(o.version for o in onnx.load(str(target)).opset_import if o.domain == "")
     proto = onnx.load(str(target))
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
@@ -160,7 +207,8 @@ def test_build_and_run_engine(onnx_models, tmp_path):
     result = build_engine(onnx_models["dynamic"], tmp_path / "m.engine",
                           BuildOptions(shapes="1x64x128:1x64x128:2x128x256"))
     x = normalize(synthetic_images(2, 96, 160, seed=1))
-    with open_backend(result.engine) as trt_backend, open_backend(onnx_models["dynamic"], device="cpu") as ort_backend:
+    assert result.details["sidecar"].is_file()
+    with open_backend(result.path) as trt_backend, open_backend(onnx_models["dynamic"], device="cpu") as ort_backend:
         assert trt_backend.name == "tensorrt"
         parity = compare_logits(ort_backend.infer(x), trt_backend.infer(x))
     assert parity.label_agreement > 0.999 and np.isfinite(parity.max_abs_error)

@@ -16,6 +16,8 @@ from stdc_deploy.errors import StdcError
 from stdc_deploy.evaluate import (
     LABEL_TO_TRAIN,
     TRAIN_TO_LABEL,
+    Dataset,
+    Sample,
     Scores,
     cityscapes_dataset,
     generic_dataset,
@@ -234,3 +236,70 @@ def test_generic_label_out_of_range(model_and_onnx, tmp_path):
     result = run_eval(["--model", str(onnx_path), "--images", str(tmp_path / "i"), "--masks", str(tmp_path / "m"),
                        "--num-classes", "19"])
     assert result.exit_code == 1 and "label value 19 out of range (classes 0-18, ignore 255)" in result.stderr
+
+
+def _label_png(path: Path, values: np.ndarray) -> Sample:
+    cv2.imwrite(str(path), values)
+    return Sample(path.stem, path, path)
+
+
+def test_16_bit_cityscapes_labels(tmp_path):
+    dataset = Dataset((), 19, 255, "cityscapes")
+    ids = np.array([[7, 26, 0, 33]], np.uint8)
+    wide = _label_png(tmp_path / "wide.png", ids.astype(np.uint16))
+    assert cv2.imread(str(wide.label), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    np.testing.assert_array_equal(dataset.read_label(wide), LABEL_TO_TRAIN[ids])  # the same labelIds, wider storage
+    instances = _label_png(tmp_path / "inst.png", np.array([[26001, 7]], np.uint16))
+    with pytest.raises(StdcError, match="label id 26001 out of range .*16-bit image.*not instanceIds"):
+        dataset.read_label(instances)
+
+
+def test_16_bit_generic_masks(tmp_path):
+    many = _label_png(tmp_path / "many.png", np.array([[0, 299, 65535]], np.uint16))
+    labels = Dataset((), 300, 65535, "generic").read_label(many)
+    assert labels.tolist() == [[0, 299, -1]]
+    with pytest.raises(StdcError, match=r"value 299 out of range \(classes 0-18, ignore 65535\); this is a 16-bit"):
+        Dataset((), 19, 65535, "generic").read_label(many)
+    narrow = _label_png(tmp_path / "narrow.png", np.array([[0, 19]], np.uint8))
+    with pytest.raises(StdcError) as exc:
+        Dataset((), 19, 255, "generic").read_label(narrow)
+    assert "16-bit" not in str(exc.value)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-images", "0"], "--max-images"), (["--limit", "0"], "--max-images"), (["--scale", "0"], "--scale"),
+    (["--scale", "5"], "--scale"), (["--max-drop", "-1"], "--max-drop"), (["--num-classes", "0"], "--num-classes"),
+    (["--ignore-index", "-1"], "--ignore-index"),
+])
+def test_numeric_options_are_checked_with_their_range(args, fragment, tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "m.onnx"), "--data", str(tmp_path), *args],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output and "than or equal to" in result.output
+
+
+def test_outputs_are_checked_before_evaluating(model_and_onnx, tmp_path):
+    _, onnx_path = model_and_onnx
+    existing = tmp_path / "s.json"
+    existing.write_text("{}")
+    args = ["--model", str(onnx_path), "--data", str(tmp_path / "absent")]
+    result = run_eval([*args, "--json", str(existing)])
+    assert result.exit_code == 1 and "s.json: exists (pass --overwrite" in result.stderr
+    result = run_eval([*args, "--json", str(onnx_path), "--overwrite"])
+    assert result.exit_code == 1 and "also an input" in result.stderr
+    (tmp_path / "preds").mkdir()
+    (tmp_path / "preds" / "old.png").write_bytes(b"x")
+    result = run_eval([*args, "-d", str(tmp_path / "preds")])
+    assert result.exit_code == 1 and "already holds files (pass --overwrite" in result.stderr
+    assert existing.read_text() == "{}" and "no leftImg8bit" not in result.stderr  # refused before reading data
+
+
+def test_max_images_and_its_second_name(model_and_onnx, tmp_path):
+    model, onnx_path = model_and_onnx
+    make_cityscapes(tmp_path / "cs", model, corrupt=False)
+    for flag in ("--max-images", "--limit"):
+        out = tmp_path / f"{flag.strip('-')}.json"
+        result = run_eval(["--model", str(onnx_path), "--data", str(tmp_path / "cs"), "--scale", "0.5", flag, "1",
+                           "--json", str(out)])
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.read_text())["images"] == 1

@@ -1,3 +1,4 @@
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from stdc_deploy.checkpoint import load_model
-from stdc_deploy.errors import ExportError, StdcError
+from stdc_deploy.errors import ExportError, InvalidValue, StdcError
 from stdc_deploy.core.artifacts import read_onnx_metadata
 from stdc_deploy.export import OnnxExportOptions, export_onnx
 from stdc_deploy.preprocess import normalize
@@ -116,14 +117,39 @@ def test_failed_export_keeps_existing_file(stdc1, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.onnx"]
 
 
-@pytest.mark.parametrize("options, message", [
-    (OnnxExportOptions(opset=13), "opset 13 is too old"),
-    (OnnxExportOptions(height=16, width=64), "out of range"),
-    (OnnxExportOptions(batch=0), "batch 0 out of range"),
+@pytest.mark.parametrize("options, param, message", [
+    (OnnxExportOptions(opset=13), "opset", "must be within 18..23, got 13"),
+    (OnnxExportOptions(opset=27), "opset", "must be within 18..23, got 27"),
+    (OnnxExportOptions(height=16, width=64), "size", "16x64 is out of range"),
+    (OnnxExportOptions(batch=0), "batch", "must be within 1..256, got 0"),
+    (OnnxExportOptions(precision="int4"), "precision", "export offers fp32 or fp16"),
 ])
-def test_invalid_options(stdc1, tmp_path, options, message):
-    with pytest.raises(StdcError, match=message):
+def test_invalid_options(stdc1, tmp_path, options, param, message):
+    with pytest.raises(InvalidValue, match=message) as caught:
         export_onnx(stdc1[0], tmp_path / "x.onnx", options)
+    assert caught.value.param == param and list(tmp_path.iterdir()) == []
+
+
+def default_opset(path) -> int:
+    return next(o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_metadata_opset_is_the_files_opset(static_export, stdc1, tmp_path):
+    assert read_onnx_metadata(static_export.path).opset == default_opset(static_export.path) == 20
+    assert static_export.details["opset"] == 20
+    result = export_onnx(stdc1[0], tmp_path / "o23.onnx", OnnxExportOptions(height=64, width=64, opset=23))
+    assert read_onnx_metadata(result.path).opset == default_opset(result.path) == 23
+
+
+def test_exporter_writing_another_opset_is_refused(stdc1, tmp_path, monkeypatch):
+    """The exporter falls back to opset 18 where it cannot convert: refused, not mislabelled."""
+    import stdc_deploy.export.onnx as onnx_export
+
+    trace = onnx_export._trace
+    monkeypatch.setattr(onnx_export, "_trace", lambda model, opts: trace(model, dataclasses.replace(opts, opset=18)))
+    with pytest.raises(ExportError, match="the exporter wrote opset 18, not the requested 21"):
+        export_onnx(stdc1[0], tmp_path / "x.onnx", OnnxExportOptions(height=64, width=64, opset=21))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unsimplified_export_also_verifies(stdc1, tmp_path):
@@ -225,4 +251,4 @@ def test_fp16_cli_default_name(official_checkpoints, tmp_path, monkeypatch):
     assert "verified (ONNX Runtime fp16 vs PyTorch fp32)" in result.stdout
     assert (tmp_path / "models" / "stdc1_official-stdc1-64x128-fp16.onnx").is_file()
     result = CliRunner().invoke(app, ["export", "onnx", str(official_checkpoints["stdc1"]), "--precision", "int4"])
-    assert result.exit_code == 1 and "export offers fp32 or fp16" in result.stderr
+    assert result.exit_code == 1 and "--precision: export offers fp32 or fp16" in result.stderr

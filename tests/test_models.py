@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -5,7 +7,16 @@ from stdc_deploy.models import ARCHS, create_model
 from stdc_deploy.checkpoint import remap_state_dict
 from stdc_deploy.synthetic import to_official_state_dict
 
-from conftest import official_key_table
+from conftest import shape_str
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def official_key_table(arch: str) -> dict[str, str]:
+    """name -> shape ('32x3x3x3' / 'scalar') of a checkpoint written by the official code."""
+    text = (DATA_DIR / f"official_{arch}_seg_keys.tsv").read_text()
+    return dict(line.split("\t") for line in text.splitlines() if line.strip())
+
 
 # Parameter counts of the inference network (no training heads), fixed by the architecture.
 INFERENCE_PARAMS = {"stdc1": 8_275_104, "stdc2": 12_305_568}
@@ -36,7 +47,6 @@ def test_parameter_count_matches_official_checkpoint(arch):
 def test_official_key_layout_is_exact(arch):
     table = official_key_table(arch)
     sd = to_official_state_dict(create_model(arch, aux_heads=True))
-    from conftest import shape_str
     assert {k: shape_str(v) for k, v in sd.items()} == table
 
 

@@ -10,7 +10,7 @@ from stdc_deploy.backends import open_backend
 from stdc_deploy.core.artifacts import read_metadata
 from stdc_deploy.checkpoint import load_model
 from stdc_deploy.cli import app
-from stdc_deploy.errors import StdcError
+from stdc_deploy.errors import InvalidValue, StdcError
 from stdc_deploy.export import OnnxExportOptions, export_onnx
 from stdc_deploy.export.quantize import QuantizeOptions, calibration_images, int8_details, quantize_onnx
 from stdc_deploy.preprocess import normalize
@@ -44,8 +44,10 @@ def zero_points(path):
 def test_quantize_targets(fp32_onnx, calib_dir, tmp_path, target):
     out = tmp_path / f"int8-{target}.onnx"
     result = quantize_onnx(fp32_onnx, calib_dir, out, QuantizeOptions(method="minmax", target=target, num_images=8))
-    assert result.calibration_images == 8 and result.holdout_images == 2
-    assert 0.0 < result.label_agreement <= 1.0 and result.snr_db > 3
+    facts = result.details
+    assert facts["calibration_images"] == 8 and facts["holdout_images"] == 2 and len(result.parity) == 2
+    assert 0.0 < facts["label_agreement"] <= 1.0 and facts["snr_db"] > 3
+    assert result.metadata.precision == "int8" and result.size_bytes == out.stat().st_size
     proto, points = zero_points(out)
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
@@ -77,8 +79,10 @@ def test_calibration_split_and_errors(calib_dir, tmp_path):
         calibration_images(few, QuantizeOptions())
     with pytest.raises(StdcError, match="no such folder"):
         calibration_images(tmp_path / "absent", QuantizeOptions())
-    with pytest.raises(StdcError, match="--method"):
+    with pytest.raises(InvalidValue, match="method: 'kl': choose one of entropy, minmax, percentile"):
         QuantizeOptions(method="kl").validate()
+    with pytest.raises(InvalidValue, match="num_images: must be >= 1"):
+        QuantizeOptions(num_images=0).validate()
 
 
 def test_cli_quantize(fp32_onnx, calib_dir, tmp_path):
@@ -91,7 +95,40 @@ def test_cli_quantize(fp32_onnx, calib_dir, tmp_path):
         assert "calibrated on 6 images (minmax)" in result.stdout and "label agreement" in result.stdout
         assert "skipped" in result.stderr and "zz_broken.png" in result.stderr
         assert out.is_file() and [p.name for p in tmp_path.iterdir()] == ["q.onnx"]  # no scratch files left
+        args = ["quantize", str(fp32_onnx), "--calib", str(calib_dir), "-o", str(out), "--method", "minmax",
+                "--num-images", "6"]
+        before = out.read_bytes()
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 1 and f"{out}: exists (pass --overwrite to replace it)" in refused.stderr
+        assert out.read_bytes() == before
+        replaced = CliRunner().invoke(app, [*args, "--overwrite"])
+        assert replaced.exit_code == 0, replaced.output
+        assert f"Replaced {out}" in replaced.stdout and out.read_bytes() != before  # now the tensorrt target
         again = CliRunner().invoke(app, ["quantize", str(out), "--calib", str(calib_dir)])
         assert again.exit_code == 1 and "quantize an FP32 export (this one is int8)" in again.stderr
     finally:
         (calib_dir / "zz_broken.png").unlink()
+
+
+def test_cli_quantize_refuses_to_overwrite_its_input(fp32_onnx, calib_dir, tmp_path):
+    model = tmp_path / "q.onnx"
+    model.write_bytes(fp32_onnx.read_bytes())
+    before = model.read_bytes()
+    result = CliRunner().invoke(app, ["quantize", str(model), "--calib", str(calib_dir), "-o", str(model)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"error: {model}: this output is also an input; choose another "
+                                                  "output path"]
+    assert model.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["q.onnx"]
+
+
+@pytest.mark.parametrize("name, message", [("out.ts", "out.ts: --output: ONNX files need the suffix .onnx"),
+                                           ("folder", "is a folder; give a file name"),
+                                           ("file.txt/q.onnx", "is a file, not a folder")])
+def test_cli_quantize_bad_output_is_one_line(fp32_onnx, calib_dir, tmp_path, name, message):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    result = CliRunner().invoke(app, ["quantize", str(fp32_onnx), "--calib", str(calib_dir),
+                                      "-o", str(tmp_path / name)])
+    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"]
+    assert not any((tmp_path / "folder").iterdir())

@@ -1,5 +1,7 @@
 """`stdc verify`: artifacts and backends compared pair by pair, with exit codes."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -60,3 +62,56 @@ def test_cli_exit_codes(artifacts):
     assert loose.exit_code == 0
     one = runner.invoke(app, ["verify", str(artifacts["fp32"])])
     assert one.exit_code == 1 and "at least two artifacts" in one.stderr
+
+
+def test_table_fits_80_columns_and_json(artifacts, tmp_path, monkeypatch):
+    from stdc_deploy.cli.common import console
+
+    monkeypatch.setattr(console, "_width", None)  # follow COLUMNS, as in a fresh process
+    out = tmp_path / "v.json"
+    args = ["verify", str(artifacts["fp32"]), str(artifacts["ckpt"]), str(artifacts["fp16"]), "--num-images", "1",
+            "--json", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    table = result.stdout.split("limits:")[0]
+    assert "…" not in result.stdout and max(map(len, table.splitlines())) <= 80
+    data = json.loads(out.read_text())
+    assert data["passes"] and data["input_size"] == [64, 128] and data["images"] == 1 and len(data["pairs"]) == 3
+    pair = data["pairs"][0]
+    assert (pair["a"], pair["b"]) == ("fp32.onnx", "stdc1_official.pth")
+    assert {"max_abs_error", "mean_abs_error", "logit_abs_max", "label_agreement", "limits", "passes"} <= set(pair)
+    assert pair["limits"]["max_abs_error"] == pytest.approx(1e-3 + 1e-4 * pair["logit_abs_max"])
+    for p in data["pairs"]:  # the table's numbers are the file's
+        assert f"{p['max_abs_error']:.2e}" in result.stdout and f"{p['label_agreement'] * 100:.3f}" in result.stdout
+    assert "limits: max err <= 0.001 + 0.0001 x max|logit of A|, agreement >= 99.95%" in result.stdout
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "v.json: exists (pass --overwrite" in again.stderr
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
+    to_stdout = CliRunner().invoke(app, [*args[:-1], "-"])
+    assert to_stdout.exit_code == 0 and json.loads(to_stdout.stdout)["pairs"][1]["b"] == "fp16.onnx"
+
+
+def test_json_output_is_checked_before_running(artifacts, tmp_path):
+    result = CliRunner().invoke(app, ["verify", str(artifacts["fp32"]), str(artifacts["ckpt"]),
+                                      "--json", str(artifacts["fp32"]), "--overwrite"])
+    assert result.exit_code == 1 and "also an input" in result.stderr
+    result = CliRunner().invoke(app, ["verify", str(artifacts["fp32"]), str(artifacts["ckpt"]),
+                                      "--json", str(tmp_path)])
+    assert result.exit_code == 1 and "is a folder" in result.stderr
+
+
+def test_limits_are_range_checked(artifacts):
+    for args in (["--num-images", "0"], ["--atol", "-1"], ["--min-agreement", "1.5"]):
+        result = CliRunner().invoke(app, ["verify", str(artifacts["fp32"]), str(artifacts["ckpt"]), *args],
+                                    env={"COLUMNS": "200"})
+        assert result.exit_code == 2 and "than or equal to" in result.output, args
+
+
+def test_brackets_in_error_output_print_literally(tmp_path):
+    folder = tmp_path / "x[" / "bold]y"
+    folder.mkdir(parents=True)
+    missing = folder / "photo[draft].onnx"
+    result = CliRunner().invoke(app, ["verify", str(missing), str(tmp_path / "b.onnx")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{missing}: no such file" in line

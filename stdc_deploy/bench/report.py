@@ -7,12 +7,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..core.fileio import atomic_output, atomic_write_bytes
-from ..errors import StdcError
+from ..optional import require
 from .run import BenchReport
 
 
 def write_json(report: BenchReport, path: Path) -> None:
-
     atomic_write_bytes(path, (json.dumps(report.to_json(), indent=2) + "\n").encode())
 
 
@@ -24,7 +23,6 @@ CSV_COLUMNS = ("model", "arch", "height", "width", "batch", "backend", "device",
 def write_csv(report: BenchReport, path: Path) -> None:
     import csv
     import io
-
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
@@ -38,13 +36,9 @@ def write_csv(report: BenchReport, path: Path) -> None:
 
 def write_plot(report: BenchReport, path: Path) -> None:
     """Bar chart of FPS per model and backend (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise StdcError("--plot needs matplotlib: pip install matplotlib") from None
+    matplotlib = require("matplotlib", "a bench plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r.model for r in report.rows))
     series = list(dict.fromkeys(f"{r.backend} {r.precision} {r.mode}" for r in report.rows))

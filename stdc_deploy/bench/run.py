@@ -70,9 +70,13 @@ class BenchSettings:
         if unknown:
             raise StdcError(f"unknown mode {unknown[0]!r}; choose from {', '.join(MODES)}")
         if self.batch < 1:
-            raise StdcError(f"--batch must be >= 1, got {self.batch}")
+            raise InvalidValue("batch", f"must be >= 1, got {self.batch}")
+        if self.warmup is not None and self.warmup < 0:
+            raise InvalidValue("warmup", f"must be >= 0, got {self.warmup}")
         if self.iters is not None and self.iters < 1:
-            raise StdcError(f"--iters must be >= 1, got {self.iters}")
+            raise InvalidValue("iters", f"must be >= 1, got {self.iters}")
+        if self.seconds is not None and not 0 < self.seconds < float("inf"):
+            raise InvalidValue("seconds", f"must be > 0 and finite, got {self.seconds}")
 
     def for_device(self, device: str) -> tuple[int, int | None, float | None]:
         gpu = device.startswith("cuda")

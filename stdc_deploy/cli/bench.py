@@ -6,27 +6,69 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from ..bench import MODES, BenchRow, BenchSettings, Target, preset_targets, run_bench
 from ..bench.report import write_csv, write_json, write_plot
+from ..core.artifacts import read_metadata
+from ..core.fileio import check_outputs
 from ..errors import StdcError
-from ..models import PAPER_SETUP, PRESETS, get_arch
-from .common import command, console, parse_size
+from ..models import PAPER_SETUP, PRESETS, Preset, get_arch
+from ..optional import require
+from .common import OverwriteOption, command, console, parse_size
+
+# (header, cell) of every table column; a column whose cells are the same in every row moves
+# to the line above the table, so the common case fits 80 columns
+COLUMNS = (
+    ("model", lambda r: r.model),
+    ("input", lambda r: f"{r.height}x{r.width}"),
+    ("backend", lambda r: r.backend),
+    ("device", lambda r: r.device),
+    ("prec", lambda r: r.precision + (" +graph" if r.cuda_graph else "")),
+    ("batch", lambda r: str(r.batch)),
+    ("mode", lambda r: r.mode),
+    ("mean ms", lambda r: f"{r.latency.mean_ms:.2f}"),
+    ("p50 ms", lambda r: f"{r.latency.p50_ms:.2f}"),
+    ("p99 ms", lambda r: f"{r.latency.p99_ms:.2f}"),
+    ("FPS", lambda r: f"{r.fps:.1f}"),
+    ("paper", lambda r: f"{r.paper_fps:.1f}" if r.paper_fps else "-"),
+    ("peak MB", lambda r: f"{r.peak_rss_mb:.0f}" + (f"/{r.gpu_peak_mb:.0f}" if r.gpu_peak_mb is not None else "")),
+)
+SETUP_COLUMNS = ("model", "input", "backend", "device", "prec", "batch", "mode")  # above the table when constant
+TEXT_COLUMNS = ("model", "backend", "device", "prec", "mode")
 
 
-def _row_cells(row: BenchRow) -> list[str]:
-    lat = row.latency
-    paper = f"{row.paper_fps:.1f}" if row.paper_fps else "-"
-    memory = f"{row.peak_rss_mb:.0f}" + (f" / {row.gpu_peak_mb:.0f}" if row.gpu_peak_mb is not None else "")
-    precision = row.precision + (" +graph" if row.cuda_graph else "")
-    return [row.model, f"{row.height}x{row.width}", row.backend, row.device, precision, str(row.batch), row.mode,
-            f"{lat.mean_ms:.2f}", f"{lat.p50_ms:.2f}", f"{lat.p90_ms:.2f}", f"{lat.p99_ms:.2f}",
-            f"{row.fps:.1f}", paper, memory, str(lat.iters)]
+def bench_table(rows: list[BenchRow]) -> tuple[Table, str]:
+    """The rows as a compact table, and the line of settings every row shares."""
+    cells = {header: [cell(r) for r in rows] for header, cell in COLUMNS}
+    if all(r.paper_fps is None for r in rows):
+        del cells["paper"]
+    shared = [h for h in SETUP_COLUMNS if len(set(cells[h])) == 1]
+    notes = [f"{h} {cells[h][0]}" for h in shared]
+    if any(r.gpu_peak_mb is not None for r in rows):
+        notes.append("peak MB = RSS/GPU")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    columns = [h for h in cells if h not in shared]
+    for header in columns:
+        if header in TEXT_COLUMNS:
+            table.add_column(header, overflow="fold")
+        else:
+            table.add_column(header, justify="right", no_wrap=True)
+    for i in range(len(rows)):
+        table.add_row(*(Text(cells[h][i]) for h in columns))
+    return table, ", ".join(notes)
 
 
-HEADERS = ["model", "input", "backend", "device", "precision", "batch", "mode", "mean ms", "p50", "p90", "p99",
-           "FPS", "paper FPS", "peak MB (RSS / GPU)", "runs"]
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):  # NaN too
+        raise typer.BadParameter(f"{text} is not in the range x>0")
+    return value
 
 
 @command
@@ -41,10 +83,12 @@ def bench(
         "--backend", help="Repeat to compare: torch, onnxruntime, openvino (default: the fastest available).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N.")] = None,
     precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (PyTorch CUDA) or bf16 (OpenVINO CPU).")] = "fp32",
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Frames per step; FPS counts frames.")] = 1,
-    warmup: Annotated[int | None, typer.Option("--warmup", help="Untimed runs first (default 3 on CPU, 20 on GPU).")] = None,
-    iters: Annotated[int | None, typer.Option("--iters", help="Timed runs per row.")] = None,
-    seconds: Annotated[float | None, typer.Option("--seconds", help="Time per row instead of --iters (default 3 s CPU, 10 s GPU).")] = None,
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Frames per step; FPS counts frames.")] = 1,
+    warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Untimed runs first (default 3 on CPU, 20 on GPU).")] = None,
+    iters: Annotated[int | None, typer.Option("--iters", min=1, help="Timed runs per row.")] = None,
+    seconds: Annotated[float | None, typer.Option(
+        "--seconds", parser=_positive_seconds, metavar="FLOAT",
+        help="Time per row instead of --iters, > 0 (default 3 s CPU, 10 s GPU).")] = None,
     mode: Annotated[list[str] | None, typer.Option(
         "--mode", help="model-only (the paper's way) and/or end-to-end (BGR image in, labels out). Default: model-only.")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="PyTorch CUDA: replay a captured CUDA graph.")] = False,
@@ -53,22 +97,23 @@ def bench(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write all rows and the environment as JSON.")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write the rows as CSV.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Bar chart of FPS (PNG; needs matplotlib).")] = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Measure latency and FPS. Without --model: the paper's four presets, random weights.
 
     Speed does not depend on weight values, so the presets need no download. Every row says
-    what was timed (model-only or end-to-end), with latency percentiles and peak memory.
+    what was timed (model-only or end-to-end), with latency percentiles and peak memory;
+    --json/--csv hold every statistic (p90, min, max too).
     """
     settings = BenchSettings(batch=batch, warmup=warmup, iters=iters, seconds=seconds,
                              modes=tuple(mode or ("model-only",)), cuda_graph=cuda_graph)
     input_size = parse_size(size) if size else None
+    check_outputs([json_path, csv_path, plot], [model], overwrite=overwrite)
+    if plot is not None:
+        require("matplotlib", "--plot")
     if model is not None:
         if preset or arch:
             raise StdcError("--model cannot be combined with --preset or --arch")
-        if not model.exists():
-            raise StdcError("no such file", model)
-        from ..core.artifacts import read_metadata
-
         meta = read_metadata(model)
         if meta.input_height is not None:
             if input_size and input_size != (meta.input_height, meta.input_width):
@@ -78,51 +123,38 @@ def bench(
     elif arch is not None:
         get_arch(arch)
         h, w = input_size or (512, 1024)
-        from ..models import Preset
-
         targets = [Target(f"{arch}-{h}x{w}", (h, w), preset=Preset(f"{arch}-{h}x{w}", arch, h, w))]
     else:
         targets = preset_targets(preset or list(PRESETS))
     backends = list(dict.fromkeys(backend)) if backend else [None]
 
-    table = Table(*HEADERS, title="stdc bench", title_justify="left")
-    rows_seen: list[BenchRow] = []
-
     def on_row(row: BenchRow) -> None:
-        rows_seen.append(row)
         console.print(f"  {row.model} {row.backend} {row.device} {row.precision} {row.mode}: "
-                      f"{row.latency.mean_ms:.2f} ms mean, {row.fps:.1f} FPS", highlight=False)
+                      f"{row.latency.mean_ms:.2f} ms mean, {row.fps:.1f} FPS")
 
-    device_hint = device or "the default device"
-    console.print(f"timing {len(targets)} model(s) x {len(backends)} backend(s) on {device_hint}", highlight=False)
+    console.print(f"timing {len(targets)} model(s) x {len(backends)} backend(s) on {device or 'the default device'}")
     report = run_bench(targets, backends, settings, device=device, precision=precision,
                        compare_bare=compare_bare, on_row=on_row)
-    for row in report.rows:
-        table.add_row(*_row_cells(row))
+    table, setup = bench_table(report.rows)
+    console.print(Text(f"stdc bench: {setup}" if setup else "stdc bench"))
     console.print(table)
     env = report.environment
     gpu = f", GPU {env['gpu']['name']}" if env.get("gpu") else ""
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     devices = sorted({r.device for r in report.rows})
     console.print(f"environment: {env['cpu']} ({env['cpu_count']} logical CPUs, torch threads "
-                  f"{env['torch_threads']}){gpu}; {versions}", highlight=False)
-    console.print("timing: " + "; ".join(f"{d}: {settings.describe(d)}" for d in devices), highlight=False)
+                  f"{env['torch_threads']}){gpu}; {versions}")
+    console.print("timing: " + "; ".join(f"{d}: {settings.describe(d)}" for d in devices))
     if any(r.paper_fps for r in report.rows):
-        console.print(f"paper FPS: {PAPER_SETUP} (a different GPU and runtime; compare shapes, not values)",
-                      highlight=False)
+        console.print(f"paper: FPS in the paper, {PAPER_SETUP} (a different GPU and runtime; compare shapes, "
+                      "not values)")
     for ref in report.reference:
         ratio = f" -> stdc bench at {ref['ratio'] * 100:.1f}% of it" if ref["ratio"] else ""
-        console.print(f"bare onnxruntime session.run loop on {ref['model']}: {ref['bare_fps']:.1f} FPS{ratio}",
-                      highlight=False)
-    if json_path:
-        write_json(report, json_path)
-        console.print(f"wrote {json_path}", highlight=False)
-    if csv_path:
-        write_csv(report, csv_path)
-        console.print(f"wrote {csv_path}", highlight=False)
-    if plot:
-        write_plot(report, plot)
-        console.print(f"wrote {plot}", highlight=False)
+        console.print(f"bare onnxruntime session.run loop on {ref['model']}: {ref['bare_fps']:.1f} FPS{ratio}")
+    for path, write in ((json_path, write_json), (csv_path, write_csv), (plot, write_plot)):
+        if path is not None:
+            write(report, path)
+            console.print(f"wrote {path}")
 
 
 __all__ = ["MODES", "bench"]

@@ -29,6 +29,7 @@ MIN_SIDE, MAX_SIDE = 32, 8192  # network input sides accepted everywhere
 
 class State:
     debug = False
+    interrupted = False  # a SIGINT / SIGTERM arrived: later ones stay ignored
 
 
 class Terminated(KeyboardInterrupt):
@@ -39,7 +40,9 @@ class Terminated(KeyboardInterrupt):
 
 def _interrupt_once(signum, frame) -> None:
     """First SIGINT / SIGTERM: raise, so the command finalises what it has. Later ones are
-    ignored, so that finalising (closing a video, joining threads) is never cut short."""
+    ignored until the process exits, so that finalising (closing a video, joining threads,
+    interpreter shutdown) is never cut short."""
+    State.interrupted = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
@@ -55,7 +58,7 @@ def print_error(message: str) -> None:
 
 # Python parameter names whose flag is not simply --name-with-dashes
 FLAG_NAMES = {"min_label_agreement": "--min-agreement", "workspace_gb": "--workspace", "size": "--size",
-              "overrides": "--atol/--rtol/--min-agreement"}
+              "overrides": "--atol/--rtol/--min-agreement", "limit": "--max-images"}
 
 
 def flag_for(param: str) -> str:
@@ -92,8 +95,9 @@ def command(fn):
             err_console.print("terminated" if isinstance(exc, Terminated) else "interrupted")
             raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            if not State.interrupted:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     return wrapper
 

@@ -16,8 +16,8 @@ from .common import SizeOption, command, console, parse_size
 def demo(
     arch: Annotated[str, typer.Option("--arch", help=f"One of: {', '.join(ARCHS)}.")] = "stdc1",
     size: SizeOption = "512x1024",
-    out_dir: Annotated[Path, typer.Option("--out-dir", help="Where the demo files go.")] = Path("models"),
-    runs: Annotated[int, typer.Option("--runs", help="Timed ONNX Runtime runs.")] = 10,
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-d", help="Where the demo files go.")] = Path("models"),
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed ONNX Runtime runs.")] = 10,
 ) -> None:
     """Write a random-weight checkpoint in the official format, export and verify ONNX, segment a frame.
 
@@ -26,14 +26,14 @@ def demo(
     """
     if arch not in ARCHS:
         raise typer.BadParameter(f"choose one of {', '.join(ARCHS)}", param_hint="--arch")
-    with console.status("Building a random checkpoint, exporting and verifying..."):
-        result = run_demo(arch, parse_size(size), out_dir, runs=runs)
-    console.print(f"checkpoint (official key format, random weights): {result.checkpoint}", highlight=False)
-    for report in result.export.parity:
-        console.print(f"ONNX Runtime vs PyTorch: {report.describe()}", highlight=False)
-    console.print(f"ONNX: {result.export.path} ({result.export.size_bytes / 2**20:.1f} MiB), "
-                  f"exported and verified in {result.export.export_seconds:.1f} s", highlight=False)
     h, w = parse_size(size)
+    with console.status("Building a random checkpoint, exporting and verifying..."):
+        result = run_demo(arch, (h, w), out_dir, runs=runs)
+    console.print(f"checkpoint (official key format, random weights): {result.checkpoint}")
+    for report in result.export.parity:
+        console.print(f"ONNX Runtime vs PyTorch: {report.describe()}")
+    console.print(f"ONNX: {result.export.path} ({result.export.size_bytes / 2**20:.1f} MiB), "
+                  f"exported and verified in {result.export.export_seconds:.1f} s")
     console.print(f"ONNX Runtime CPU, {arch} {h}x{w}, batch 1: median {result.latency_ms:.1f} ms "
-                  f"({1000 / result.latency_ms:.1f} FPS, model only, {result.runs} runs)", highlight=False)
-    console.print(f"frame: {result.frame}  overlay: {result.overlay}", highlight=False)
+                  f"({1000 / result.latency_ms:.1f} FPS, model only, {result.runs} runs)")
+    console.print(f"frame: {result.frame}  overlay: {result.overlay}")

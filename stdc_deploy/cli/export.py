@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ..checkpoint import load_model
+from ..checkpoint import CheckpointInfo, load_model
 from ..core.artifacts import MODELS_DIR
-from ..export import OnnxExportOptions, export_onnx, export_torchscript
-from ..parity import Tolerance
-from .common import ArchOption, NumClassesOption, OutputOption, SizeOption, command, console, parse_size
+from ..export import ExportResult, OnnxExportOptions, export_onnx, export_torchscript
+from ..export.common import check_export_output
+from ..export.onnx import MAX_OPSET, MIN_OPSET
+from ..parity import Tolerance, default_tolerance
+from .common import (
+    ArchOption,
+    AtolOption,
+    MinAgreementOption,
+    NumClassesOption,
+    OutputOption,
+    OverwriteOption,
+    RtolOption,
+    SizeOption,
+    command,
+    console,
+    parse_size,
+    tolerance_overrides,
+)
 
 app = typer.Typer(help="Export a checkpoint to ONNX, TorchScript or .pt2 (torch.export / AOTInductor).", no_args_is_help=True)
+
+CheckpointArgument = Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Official, wrapped or MMSeg STDC-Seg checkpoint.")]
 
 
 def default_onnx_path(checkpoint: Path, arch: str, size: tuple[int, int], dynamic: bool,
@@ -24,101 +42,126 @@ def default_onnx_path(checkpoint: Path, arch: str, size: tuple[int, int], dynami
     return MODELS_DIR / f"{checkpoint.stem}-{arch}-{tag}{suffix}.onnx"
 
 
+def _tolerance(precision: str, atol: float | None, rtol: float | None, min_agreement: float | None) -> Tolerance:
+    """The default limits of ``precision`` with the user's overrides."""
+    return dataclasses.replace(default_tolerance(precision), **tolerance_overrides(atol, rtol, min_agreement))
+
+
+def _load(checkpoint: Path, output: Path | None, kind: str, default: Callable[[CheckpointInfo], Path], *,
+          overwrite: bool, arch: str | None, num_classes: int | None):
+    """Check the output, load the checkpoint, then check the default output (it names the arch)."""
+    if output is not None:
+        check_export_output(output, kind, [checkpoint], overwrite=overwrite)
+    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
+    console.print(f"Loaded {checkpoint}: {info.arch}, {info.num_classes} classes, {info.source_format} format"
+                  + (", classifier bias" if info.classifier_bias else ""))
+    if info.dropped:
+        console.print("  ignored tensors: " + "; ".join(f"{n} {reason}" for reason, n in info.dropped.items()))
+    if output is None:
+        output = check_export_output(default(info), kind, [checkpoint], overwrite=overwrite)
+    return model, info, output
+
+
+def _report(result: ExportResult, what: str, verb: str, facts: str = "") -> None:
+    for report in result.parity:
+        console.print(f"  verified ({what}) {report.describe()}")
+    console.print(f"{verb} {result.path} ({result.size_bytes / 2**20:.1f} MiB{facts}) in {result.seconds:.1f} s")
+
+
 @app.command("onnx")
 @command
 def onnx_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Official, wrapped or MMSeg STDC-Seg checkpoint.")],
+    checkpoint: CheckpointArgument,
     output: OutputOption = None,
     size: SizeOption = "512x1024",
     batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size of a static export.")] = 1,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch, height and width.")] = False,
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset (>= 18).")] = 20,
+    opset: Annotated[int, typer.Option("--opset", help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")] = 20,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     arch: ArchOption = None,
     num_classes: NumClassesOption = None,
     precision: Annotated[str, typer.Option(
         "--precision", help="fp32, or fp16 (FP16 weights and compute, FP32 input/output; verified against FP32).")] = "fp32",
-    atol: Annotated[float | None, typer.Option(
-        "--atol", help="Allowed |ONNX - PyTorch| logit error: atol + rtol * max|logit| (default 1e-3; fp16 0.05).")] = None,
-    rtol: Annotated[float | None, typer.Option("--rtol", help="See --atol (default 1e-4; fp16 0.02).")] = None,
-    min_agreement: Annotated[float | None, typer.Option(
-        "--min-agreement", help="Smallest allowed argmax agreement, 0-1 (default 0.9995; fp16 0.98).")] = None,
+    atol: AtolOption = None,
+    rtol: RtolOption = None,
+    min_agreement: MinAgreementOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Export CHECKPOINT to ONNX, simplify, check, and verify it against PyTorch in ONNX Runtime.
 
     The file is written only if verification passes: input `input` (float32 NCHW RGB, ImageNet-normalised), output `logits` (N, classes, H, W), metadata embedded.
     """
     height, width = parse_size(size)
-    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
-    console.print(f"Loaded {checkpoint}: {info.arch}, {info.num_classes} classes, {info.source_format} format"
-                  + (", classifier bias" if info.classifier_bias else ""), highlight=False)
-    if info.dropped:
-        ignored = "; ".join(f"{count} {reason}" for reason, count in info.dropped.items())
-        console.print(f"  ignored tensors: {ignored}", highlight=False)
-    output = output or default_onnx_path(checkpoint, info.arch, (height, width), dynamic, precision)
-    replacing = output.exists()
     options = OnnxExportOptions(height=height, width=width, batch=batch, dynamic=dynamic, opset=opset,
-                                simplify=simplify, precision=precision)
-    base = options.effective_tolerance
-    tolerance = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol,
-                          base.min_label_agreement if min_agreement is None else min_agreement)
-    options = dataclasses.replace(options, tolerance=tolerance)
+                                simplify=simplify, precision=precision,
+                                tolerance=_tolerance(precision, atol, rtol, min_agreement))
+    options.validate()
+    def default(info: CheckpointInfo) -> Path:
+        return default_onnx_path(checkpoint, info.arch, (height, width), dynamic, precision)
+
+    model, info, output = _load(checkpoint, output, "onnx", default, overwrite=overwrite, arch=arch,
+                                num_classes=num_classes)
+    verb = "Replaced" if output.exists() else "Wrote"
     with console.status("Exporting and verifying..."):
         result = export_onnx(model, output, options, checkpoint=info)
-    for report in result.parity:
-        console.print(f"  verified (ONNX Runtime {precision} vs PyTorch fp32) {report.describe()}", highlight=False)
-    verb = "Replaced" if replacing else "Wrote"
-    console.print(f"{verb} {result.path} ({result.size_bytes / 2**20:.1f} MiB, {result.metadata.input_size}, "
-                  f"opset {opset}, {precision}) in {result.export_seconds:.1f} s", highlight=False)
+    _report(result, f"ONNX Runtime {precision} vs PyTorch fp32", verb,
+            f", {result.metadata.input_size}, opset {result.metadata.opset}, {precision}")
 
 
 @app.command("torchscript")
 @command
 def torchscript_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Official, wrapped or MMSeg STDC-Seg checkpoint.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: models/CHECKPOINT-ARCH.ts).")] = None,
+    checkpoint: CheckpointArgument,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output .ts file (default: models/CHECKPOINT-ARCH.ts).")] = None,
     size: Annotated[str, typer.Option("--size", "-s", help="Trace and verification size HxW (the program runs at any size).")] = "512x1024",
     arch: ArchOption = None,
     num_classes: NumClassesOption = None,
+    atol: AtolOption = None,
+    rtol: RtolOption = None,
+    min_agreement: MinAgreementOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Export CHECKPOINT to TorchScript for LibTorch (Python or C++), verified against PyTorch.
 
     Runs at any batch and input size; metadata in the extra file `stdc_metadata.json`.
     """
     height, width = parse_size(size)
-    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
-    output = output or MODELS_DIR / f"{checkpoint.stem}-{info.arch}.ts"
-    replacing = output.exists()
+    model, info, output = _load(checkpoint, output, "torchscript",
+                                lambda info: MODELS_DIR / f"{checkpoint.stem}-{info.arch}.ts",
+                                overwrite=overwrite, arch=arch, num_classes=num_classes)
+    verb = "Replaced" if output.exists() else "Wrote"
     with console.status("Tracing and verifying..."):
-        result = export_torchscript(model, output, height, width, checkpoint=info)
-    for report in result.parity:
-        console.print(f"  verified (TorchScript vs PyTorch) {report.describe()}", highlight=False)
-    console.print(f"{'Replaced' if replacing else 'Wrote'} {result.path} ({result.size_bytes / 2**20:.1f} MiB) "
-                  f"in {result.export_seconds:.1f} s", highlight=False)
+        result = export_torchscript(model, output, height, width, checkpoint=info,
+                                    tolerance=_tolerance("fp32", atol, rtol, min_agreement))
+    _report(result, "TorchScript vs PyTorch", verb)
 
 
 @app.command("pt2")
 @command
 def pt2_command(
-    checkpoint: Annotated[Path, typer.Argument(help="Official, wrapped or MMSeg STDC-Seg checkpoint.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: models/CHECKPOINT-ARCH[-aoti].pt2).")] = None,
+    checkpoint: CheckpointArgument,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output .pt2 file (default: models/CHECKPOINT-ARCH[-aoti].pt2).")] = None,
     size: Annotated[str, typer.Option("--size", "-s", help="Example and verification size HxW (the artifact runs at any size).")] = "512x1024",
     aoti: Annotated[bool, typer.Option("--aoti", help="Compile an AOTInductor package (C++ compiler needed; minutes).")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the artifact runs (AOTInductor compiles for it).")] = "cpu",
     arch: ArchOption = None,
     num_classes: NumClassesOption = None,
+    atol: AtolOption = None,
+    rtol: RtolOption = None,
+    min_agreement: MinAgreementOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Export CHECKPOINT with torch.export (.pt2), or as an AOTInductor package with --aoti; verified against PyTorch."""
     from ..export.pt2 import export_pt2
 
     height, width = parse_size(size)
-    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
-    output = output or MODELS_DIR / f"{checkpoint.stem}-{info.arch}{'-aoti' if aoti else ''}.pt2"
-    replacing = output.exists()
+    model, info, output = _load(checkpoint, output, "pt2",
+                                lambda info: MODELS_DIR / f"{checkpoint.stem}-{info.arch}{'-aoti' if aoti else ''}.pt2",
+                                overwrite=overwrite, arch=arch, num_classes=num_classes)
+    verb = "Replaced" if output.exists() else "Wrote"
     with console.status("Compiling with AOTInductor..." if aoti else "Exporting and verifying..."):
-        result = export_pt2(model, output, height, width, aoti=aoti, device=device, checkpoint=info)
-    for report in result.parity:
-        console.print(f"  verified ({'AOTInductor' if aoti else 'torch.export'} vs PyTorch) {report.describe()}",
-                      highlight=False)
-    console.print(f"{'Replaced' if replacing else 'Wrote'} {result.path} ({result.size_bytes / 2**20:.1f} MiB) "
-                  f"in {result.export_seconds:.1f} s", highlight=False)
+        result = export_pt2(model, output, height, width, aoti=aoti, device=device, checkpoint=info,
+                            tolerance=_tolerance("fp32", atol, rtol, min_agreement))
+    _report(result, f"{'AOTInductor' if aoti else 'torch.export'} vs PyTorch", verb)

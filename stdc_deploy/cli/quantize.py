@@ -7,22 +7,24 @@ from typing import Annotated
 
 import typer
 
+from ..export.common import check_export_output
 from ..export.quantize import METHODS, QuantizeOptions, quantize_onnx
-from .common import command, console, err_console
+from .common import OverwriteOption, command, console, err_console
 
 
 @command
 def quantize(
-    model: Annotated[Path, typer.Argument(help="FP32 ONNX export (stdc export onnx).")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="FP32 ONNX export (stdc export onnx).")],
     calib: Annotated[Path, typer.Option("--calib", help="Folder of real images (searched recursively).")],
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Output file (default: beside MODEL, MODEL-int8-TARGET.onnx).")] = None,
+        "--output", "-o", help="Output .onnx file (default: beside MODEL, MODEL-int8-TARGET.onnx).")] = None,
     num_images: Annotated[int, typer.Option("--num-images", help="Calibration images (at most).")] = 100,
     holdout: Annotated[int, typer.Option("--holdout", help="Held-out images for the report (at most; at most a fifth).")] = 16,
     method: Annotated[str, typer.Option("--method", help=f"Calibration: {', '.join(METHODS)}.")] = "entropy",
     target: Annotated[str, typer.Option(
         "--target", help="tensorrt: symmetric INT8 (zero point 0), per-channel weights; cpu: unsigned activations "
                          "(fastest in ONNX Runtime on x86).")] = "tensorrt",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Calibrate MODEL on real images and write an INT8 Q/DQ ONNX, with its agreement and SNR against FP32.
 
@@ -31,14 +33,15 @@ def quantize(
     """
     options = QuantizeOptions(method=method, target=target, num_images=num_images, holdout=holdout)
     options.validate()
-    output = output or model.with_name(f"{model.stem}-int8-{target}.onnx")
-    replacing = output.exists()
+    output = check_export_output(output or model.with_name(f"{model.stem}-int8-{target}.onnx"), "onnx", [model],
+                                 overwrite=overwrite)
+    verb = "Replaced" if output.exists() else "Wrote"
     with console.status(f"Calibrating ({method}, {target})..."):
         result = quantize_onnx(model, calib, output, options)
-    for path, reason in result.skipped:
-        err_console.print(f"skipped {path}: {reason}", highlight=False)
-    console.print(f"calibrated on {result.calibration_images} images ({method}); on {result.holdout_images} held-out "
-                  f"images INT8 vs FP32: label agreement {result.label_agreement:.2%}, logit SNR {result.snr_db:.1f} dB",
-                  highlight=False)
-    console.print(f"{'Replaced' if replacing else 'Wrote'} {result.path} ({result.size_bytes / 2**20:.1f} MiB, "
-                  f"int8 {target})", highlight=False)
+    facts = result.details
+    for path, reason in facts["skipped"]:
+        err_console.print(f"skipped {path}: {reason}")
+    console.print(f"calibrated on {facts['calibration_images']} images ({method}); on {facts['holdout_images']} "
+                  f"held-out images INT8 vs FP32: label agreement {facts['label_agreement']:.2%}, "
+                  f"logit SNR {facts['snr_db']:.1f} dB")
+    console.print(f"{verb} {result.path} ({result.size_bytes / 2**20:.1f} MiB, int8 {target})")

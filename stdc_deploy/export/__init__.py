@@ -1,8 +1,12 @@
 """Exporters: checkpoints to ONNX (FP32 / FP16, static or dynamic), TorchScript and .pt2,
 and ONNX-to-ONNX steps (FP16 conversion, INT8 quantization). Every exporter verifies its
-artifact against PyTorch before writing it."""
+artifact against PyTorch (or the FP32 model) before writing it, through
+:func:`~stdc_deploy.export.common.write_verified`, and returns an :class:`ExportResult`."""
 
-from .onnx import OnnxExportOptions, OnnxExportResult, export_onnx
-from .torchscript import TorchScriptExportResult, export_torchscript
+from .common import ExportResult
+from .onnx import OnnxExportOptions, export_onnx
+from .torchscript import export_torchscript
 
-__all__ = ["OnnxExportOptions", "OnnxExportResult", "TorchScriptExportResult", "export_onnx", "export_torchscript"]
+OnnxExportResult = ExportResult  # earlier name, kept for existing imports
+
+__all__ = ["ExportResult", "OnnxExportOptions", "OnnxExportResult", "export_onnx", "export_torchscript"]

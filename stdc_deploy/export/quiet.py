@@ -9,7 +9,8 @@ import contextlib
 import logging
 import warnings
 
-_CHATTY = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "onnxruntime", "root")
+_CHATTY = ("torch.onnx", "torch.export", "torch._export", "torch._inductor", "torch.jit", "onnxscript", "onnx_ir",
+           "onnxslim", "onnxruntime", "root")
 
 
 @contextlib.contextmanager

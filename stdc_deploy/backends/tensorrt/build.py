@@ -9,7 +9,6 @@ TensorRT 10.x (strongly typed network flag) and 11.x.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -19,13 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..._version import __version__
-from ...core.artifacts import read_onnx_metadata
+from ...core.artifacts import check_artifact_file, read_onnx_metadata
 from ...core.fileio import atomic_write_bytes
 from ...core.metadata import ArtifactMetadata
-from ...errors import StdcError
+from ...errors import InvalidValue, StdcError
+from ...export.common import ExportResult, check_export_output
 from ...export.fp16 import convert_onnx_fp16
 from .environment import import_tensorrt, this_gpu
 from .sidecar import EngineSidecar, sidecar_path
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BuildResult = ExportResult  # earlier name, kept for existing imports
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,14 @@ class Profile:
 
 
 def _shape(text: str) -> tuple[int, int, int, int]:
-    parts = [int(p) for p in re.split(r"[xX]", text.strip())]
+    try:
+        parts = [int(p) for p in re.split(r"[xX]", text.strip())]
+    except ValueError:
+        parts = []
     if len(parts) == 2:
         parts = [1, *parts]
     if len(parts) != 3 or min(parts) < 1:
-        raise StdcError(f"--shapes: {text!r} is not BATCHxHEIGHTxWIDTH (or HEIGHTxWIDTH)")
+        raise InvalidValue("shapes", f"{text!r} is not BATCHxHEIGHTxWIDTH (or HEIGHTxWIDTH)")
     return (parts[0], 3, parts[1], parts[2])
 
 
@@ -55,18 +61,18 @@ def parse_profile(text: str | None, metadata: ArtifactMetadata) -> Profile:
     if metadata.input_height is not None and metadata.batch is not None:
         fixed = (metadata.batch, 3, metadata.input_height, metadata.input_width)
         if text is not None and any(_shape(s) != fixed for s in text.split(":")):
-            raise StdcError(f"--shapes: this ONNX is static ({'x'.join(map(str, fixed))}); export with --dynamic "
-                            "for other shapes")
+            raise InvalidValue("shapes", f"this ONNX is static ({'x'.join(map(str, fixed))}); export it dynamic "
+                                         "for other shapes")
         return Profile(fixed, fixed, fixed)
     if text is None:
         opt = (1, 3, metadata.opt_height, metadata.opt_width)
         return Profile(opt, opt, opt)
     parts = text.split(":")
     if len(parts) != 3:
-        raise StdcError(f"--shapes {text!r}: expected MIN:OPT:MAX, e.g. 1x512x1024:1x512x1024:4x1024x2048")
+        raise InvalidValue("shapes", f"{text!r}: expected MIN:OPT:MAX, e.g. 1x512x1024:1x512x1024:4x1024x2048")
     low, opt, high = (_shape(p) for p in parts)
     if not all(a <= b <= c for a, b, c in zip(low, opt, high)):
-        raise StdcError(f"--shapes {text!r}: need min <= opt <= max in every dimension")
+        raise InvalidValue("shapes", f"{text!r}: need min <= opt <= max in every dimension")
     return Profile(low, opt, high)
 
 
@@ -74,62 +80,73 @@ def parse_profile(text: str | None, metadata: ArtifactMetadata) -> Profile:
 class BuildOptions:
     precision: str = "fp32"
     calib: Path | None = None  # images for int8
-    calib_images: int = 100
+    num_images: int = 100  # calibration images for int8 (at most)
     shapes: str | None = None
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
     device: str = "cuda"
 
     def validate(self) -> None:
-        if self.precision not in ("fp32", "fp16", "int8"):
-            raise StdcError(f"--precision {self.precision!r}: choose fp32, fp16 or int8")
+        if self.precision not in PRECISIONS:
+            raise InvalidValue("precision", f"{self.precision!r}: choose fp32, fp16 or int8")
         if self.precision == "int8" and self.calib is None:
-            raise StdcError("--precision int8 needs --calib DIR (real images for calibration)")
+            raise InvalidValue("calib", "precision int8 needs a folder of real images for calibration")
+        if self.num_images < 1:
+            raise InvalidValue("num_images", f"must be >= 1, got {self.num_images}")
         if not 0 < self.workspace_gb <= 1024:
-            raise StdcError(f"--workspace {self.workspace_gb}: give GiB between 0 and 1024")
+            raise InvalidValue("workspace_gb", f"give GiB between 0 and 1024, got {self.workspace_gb}")
 
 
-@dataclass(frozen=True)
-class BuildResult:
-    engine: Path
-    sidecar: Path
-    onnx: Path  # the file the engine was built from (FP16 / Q/DQ for reduced precision)
-    seconds: float
-    size_bytes: int
+def intermediate_onnx(onnx_path: Path, output: Path, options: BuildOptions) -> Path | None:
+    """Where the FP16 / Q/DQ INT8 ONNX the engine is built from goes (beside the engine), or
+    None when the engine is built from ``onnx_path`` itself."""
+    meta = read_onnx_metadata(onnx_path)
+    if options.precision == "fp32" or meta.precision == options.precision:
+        return None
+    if meta.precision != "fp32":
+        raise StdcError(f"this ONNX is {meta.precision}; precision {options.precision} needs the FP32 export",
+                        onnx_path)
+    return output.with_name(f"{output.stem}.{options.precision}.onnx")
+
+
+def check_build_outputs(onnx_path: str | os.PathLike, output: str | os.PathLike, options: BuildOptions,
+                        *, overwrite: bool = True) -> None:
+    """The output policy for everything a build writes: the engine (``.engine``/``.plan``),
+    its sidecar and the intermediate FP16 / INT8 ONNX."""
+    onnx_path, output = Path(onnx_path), Path(output)
+    extra = [sidecar_path(output), intermediate_onnx(onnx_path, output, options)]
+    check_export_output(output, "engine", [onnx_path], extra_outputs=extra, overwrite=overwrite)
 
 
 def prepare_onnx(onnx_path: Path, output: Path, options: BuildOptions) -> Path:
     """The ONNX the engine is built from: as given (fp32), or its FP16 / Q/DQ INT8 form,
     written beside the engine and verified on the CPU first."""
-    meta = read_onnx_metadata(onnx_path)
-    if options.precision == "fp32" or meta.precision == options.precision:
+    target = intermediate_onnx(onnx_path, output, options)
+    if target is None:
         return onnx_path
-    if meta.precision != "fp32":
-        raise StdcError(f"this ONNX is {meta.precision}; --precision {options.precision} needs the FP32 export",
-                        onnx_path)
-    target = output.with_name(f"{output.stem}.{options.precision}.onnx")
     if options.precision == "int8":
         from ...export.quantize import QuantizeOptions, quantize_onnx
 
-        quantize_onnx(onnx_path, options.calib, target,
-                      QuantizeOptions(target="tensorrt", num_images=options.calib_images))
-        return target
-    return convert_onnx_fp16(onnx_path, target)
+        return quantize_onnx(onnx_path, options.calib, target,
+                             QuantizeOptions(target="tensorrt", num_images=options.num_images)).path
+    return convert_onnx_fp16(onnx_path, target).path
 
 
 def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
-                 options: BuildOptions = BuildOptions()) -> BuildResult:
-    """Build a serialized engine with the TensorRT 10/11 Python API; atomic engine + sidecar."""
+                 options: BuildOptions = BuildOptions()) -> ExportResult:
+    """Build a serialized engine with the TensorRT 10/11 Python API; atomic engine + sidecar.
+
+    The result's ``details`` name the ``sidecar`` and the ``onnx`` the engine was built from.
+    """
     options.validate()
-    onnx_path, output = Path(onnx_path), Path(output)
-    if not onnx_path.is_file():
-        raise StdcError("no such file", onnx_path)
+    onnx_path, output = check_artifact_file(onnx_path), Path(output)
+    check_build_outputs(onnx_path, output, options)
+    profile = parse_profile(options.shapes, read_onnx_metadata(onnx_path))
     trt = import_tensorrt()  # before any work: no partial files without TensorRT
     gpu_name, capability = this_gpu(options.device)
     start = time.perf_counter()
     source = prepare_onnx(onnx_path, output, options)
-    meta = read_onnx_metadata(source)
-    profile = parse_profile(options.shapes, meta)
+    meta = read_onnx_metadata(source)  # strongly typed: the engine's precision is the ONNX's
 
     logger = trt.Logger(trt.Logger.WARNING)
     try:
@@ -169,9 +186,9 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
         layers = []
     sidecar = EngineSidecar(
         tensorrt_version=trt.__version__, gpu_name=gpu_name, compute_capability=capability,
-        precision=options.precision, profiles=(profile.to_dict(),),
+        precision=meta.precision, profiles=(profile.to_dict(),),
         onnx_sha256=hashlib.sha256(source.read_bytes()).hexdigest(), onnx_file=str(onnx_path),
-        tool_version=__version__, metadata=dataclasses.replace(meta, precision=options.precision).to_props(),
+        tool_version=__version__, metadata=meta.to_props(),
         built_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), build_seconds=time.perf_counter() - start,
         layers=layers)
     atomic_write_bytes(output, plan_bytes)
@@ -180,4 +197,5 @@ def build_engine(onnx_path: str | os.PathLike, output: str | os.PathLike,
     except BaseException:
         output.unlink(missing_ok=True)
         raise
-    return BuildResult(output, sidecar_path(output), source, time.perf_counter() - start, len(plan_bytes))
+    return ExportResult(output, meta, (), len(plan_bytes),
+                        time.perf_counter() - start, {"sidecar": sidecar_path(output), "onnx": source})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import StdcError
+from ...errors import MissingDependencyError, StdcError
 from ...optional import install_hint, require
 from .sidecar import check_compatible, read_sidecar
 
@@ -13,7 +13,10 @@ INSTALL_HINT = f"TensorRT is not installed: {install_hint('tensorrt')}"
 
 def import_tensorrt():
     """The ``tensorrt`` module, or MissingDependencyError with the install line."""
-    return require("tensorrt", "TensorRT engines")
+    try:
+        return require("tensorrt")
+    except MissingDependencyError as exc:
+        raise MissingDependencyError(INSTALL_HINT) from exc
 
 
 def this_gpu(device: str = "cuda") -> tuple[str, str]:
