@@ -173,8 +173,9 @@ def network_size(backend: Backend, image_hw: tuple[int, int], scale: float | Non
         return backend.metadata.opt_height, backend.metadata.opt_width
     size = (int(image_hw[0] * scale), int(image_hw[1] * scale))
     if spec.height is not None and (spec.height, spec.width) != size:
-        raise StdcError(f"this model takes {spec.height}x{spec.width}; --scale {scale:g} of a "
-                        f"{image_hw[0]}x{image_hw[1]} image needs {size[0]}x{size[1]} (export that size or --dynamic)",
+        raise InvalidValue("scale", f"this model takes {spec.height}x{spec.width}; {scale:g} x a "
+                           f"{image_hw[0]}x{image_hw[1]} image needs {size[0]}x{size[1]} (export that size, or a "
+                           "dynamic model)",
                         backend.artifact)
     return size
 

@@ -27,8 +27,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import StdcError
+from .errors import InvalidValue, StdcError
 from .outputs import write_image
+from .core.fileio import OutputExistsError, check_outputs, check_writable_dir
 from .pipeline import StageTimes
 from .preprocess import PROTOCOLS
 from .segmenter import Frame, Prediction, Segmenter
@@ -49,7 +50,7 @@ def parse_save(text: str | None) -> tuple[str, ...] | None:
     kinds = tuple(dict.fromkeys(k.strip().lower() for k in text.split(",") if k.strip()))
     unknown = [k for k in kinds if k not in SAVE_KINDS]
     if unknown or not kinds:
-        raise StdcError(f"--save {text!r}: choose from {', '.join(SAVE_KINDS)} (comma-separated)")
+        raise InvalidValue("save", f"{text!r}: choose from {', '.join(SAVE_KINDS)} (comma-separated)")
     return kinds
 
 
@@ -72,11 +73,13 @@ class InferOptions:
         self.out_dir = Path(self.out_dir)
         self.output = None if self.output is None else Path(self.output)
         if self.protocol is not None and self.protocol not in PROTOCOLS:
-            raise StdcError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+            raise InvalidValue("protocol", f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
         if not 0.0 <= self.alpha <= 1.0:
-            raise StdcError(f"--alpha must be within 0..1, got {self.alpha}")
+            raise InvalidValue("alpha", f"must be within 0..1, got {self.alpha}")
         if self.batch < 1:
-            raise StdcError(f"--batch must be >= 1, got {self.batch}")
+            raise InvalidValue("batch", f"must be >= 1, got {self.batch}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise InvalidValue("max_frames", f"must be >= 1, got {self.max_frames}")
         self.codec = check_codec(self.codec)
 
 
@@ -149,14 +152,10 @@ def _video_plan(source_path: Path | int | str, stem: str, out_dir: Path, options
     return _VideoPlan(source_path, str(source_path), overlay, color, masks)
 
 
-def _exists(path: Path) -> bool:
-    return path.is_file() or (path.is_dir() and any(path.iterdir()))
-
-
 def plan_outputs(source: Source, options: InferOptions) -> tuple[list[tuple[Path, dict[str, Path]]], list[_VideoPlan]]:
     """Every output path, decided before any work; refuses to replace existing outputs."""
     if options.output is not None and (len(source.videos) + (source.stream is not None) != 1 or source.images):
-        raise StdcError("--output names one video file; for several inputs use --out-dir")
+        raise InvalidValue("output", "names one video file; for several inputs give an output folder (out_dir)")
     if options.output is not None:
         codec_for(options.output, options.codec)  # a video suffix that can hold the codec
     images = [(p, _image_outputs(p, source, options.out_dir, options.save or DEFAULT_IMAGE_SAVE))
@@ -170,19 +169,17 @@ def plan_outputs(source: Source, options: InferOptions) -> tuple[list[tuple[Path
         videos.append(_video_plan(source.stream, _stream_stem(source.stream), options.out_dir, options, video_save))
     for path in (p for v in videos for p in (v.overlay, v.color) if p is not None):
         encoder_for(codec_for(path, options.codec))  # fail before any work, not after the first frame
-    everything = [p for _, outs in images for p in outs.values()] + [p for v in videos for p in v.outputs()]
-    inputs = {p.resolve() for p in source.images + source.videos}
-    clash = next((p for p in everything if p.resolve() in inputs), None)
-    if clash is not None:
-        raise StdcError("an output would replace this input; choose another --out-dir", clash)
-    if len(set(everything)) != len(everything):
+    check_writable_dir(options.out_dir)
+    files = [p for _, outs in images for p in outs.values()] + \
+        [p for v in videos for p in (v.overlay, v.color) if p is not None]
+    folders = [v.masks for v in videos if v.masks is not None]
+    if len({p.absolute() for p in files + folders}) != len(files) + len(folders):
         raise StdcError("two inputs map to the same output name; give them separate runs or folders")
-    if not options.overwrite:
-        existing = [p for p in everything if _exists(p)]
-        if existing:
-            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise StdcError(f"output exists{more}; pass --overwrite to replace, or choose another --out-dir",
-                            existing[0])
+    check_outputs(files, source.images + source.videos, overwrite=options.overwrite)
+    for folder in folders:
+        check_writable_dir(folder)
+        if not options.overwrite and folder.is_dir() and any(folder.iterdir()):
+            raise OutputExistsError("exists and is not empty (overwrite=True replaces its files)", folder)
     return images, videos
 
 

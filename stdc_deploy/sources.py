@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import StdcError
+from .errors import InvalidValue, StdcError
 from .video import VideoInfo, VideoReader, is_stream_url
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
@@ -106,8 +106,10 @@ def resolve_source(source: str, recursive: bool = False) -> Source:
         pattern = "**/*" if recursive else "*"
         files = sorted(p for p in path.glob(pattern) if p.is_file() and media_kind(p))
         if not files:
-            hint = "" if recursive else " (use --recursive to search subfolders)"
-            raise StdcError(f"no images or videos in this folder{hint}", path)
+            if not recursive and any(p.is_file() and media_kind(p) for p in path.rglob("*")):
+                raise InvalidValue("recursive", "no images or videos in this folder itself; its subfolders have "
+                                                "some and are searched only when set", path)
+            raise StdcError("no images or videos in this folder", path)
         return _files_source(f"{len(files)} files in {path}", files, root=path)
     if path.suffix.lower() in LIST_SUFFIXES:
         files = _read_list(path)

@@ -100,7 +100,7 @@ def verify_artifacts(specs: Sequence[ArtifactSpec], images: Sequence[np.ndarray]
         if fixed:
             common = fixed.pop()
             if size is not None and tuple(size) != common:
-                raise StdcError(f"a model here takes {common[0]}x{common[1]} only, not --size {size[0]}x{size[1]}")
+                raise InvalidValue("size", f"a model here takes {common[0]}x{common[1]} only, not {size[0]}x{size[1]}")
             size = common
         size = tuple(size) if size else (backends[0].metadata.opt_height, backends[0].metadata.opt_width)
         classes = {b.metadata.num_classes for b in backends}

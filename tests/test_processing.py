@@ -338,7 +338,7 @@ def test_resolve_folder_non_recursive_and_recursive(tmp_path):
 
 def test_resolve_empty_folder_hints_recursive(tmp_path):
     write_png(tmp_path / "sub" / "only.png", tiny_image())
-    with pytest.raises(StdcError, match="--recursive") as info:
+    with pytest.raises(StdcError, match="recursive: no images or videos in this folder itself") as info:
         sources.resolve_source(str(tmp_path))
     assert str(tmp_path) in str(info.value)
     assert len(sources.resolve_source(str(tmp_path), recursive=True).images) == 1

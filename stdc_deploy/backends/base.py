@@ -47,7 +47,7 @@ class InputSpec:
         for axis, want, what in axes:
             if want is not None and batch.shape[axis] != want:
                 raise StdcError(f"this model takes {what} {want}, got {batch.shape[axis]} "
-                                "(export with --dynamic for other sizes)")
+                                "(export a dynamic model for other sizes)")
 
 
 class Backend(abc.ABC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import MissingDependencyError, StdcError
+from ..optional import require
 from .base import Backend
 
 
@@ -25,10 +26,7 @@ class OnnxRuntimeBackend(Backend):
         return int(self.device.split(":")[1]) if ":" in self.device else 0
 
     def _open(self) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime") from None
+        ort = require("onnxruntime")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

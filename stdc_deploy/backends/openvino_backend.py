@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import MissingDependencyError, StdcError
+from ..errors import InvalidValue, MissingDependencyError, StdcError
+from ..optional import require
 from .base import Backend
 
 
 def _import_openvino():
-    try:
-        import openvino
-    except ImportError:
-        raise MissingDependencyError("OpenVINO is not installed: pip install 'stdc-deploy[openvino]'") from None
-    return openvino
+    return require("openvino")
 
 
 def cpu_supports_bf16() -> bool:
@@ -31,7 +28,7 @@ class OpenVinoBackend(Backend):
     def _open(self) -> None:
         ov = _import_openvino()
         if self.precision == "bf16" and not cpu_supports_bf16():
-            raise StdcError("this CPU has no bf16 support in OpenVINO; use --precision fp32")
+            raise InvalidValue("precision", "this CPU has no bf16 support in OpenVINO; use fp32")
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY"}

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_model
-from ..errors import StdcError
+from ..errors import InvalidValue, StdcError
 from .base import Backend
 
 
@@ -20,7 +20,7 @@ class TorchBackend(Backend):
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise StdcError("device cuda requested but PyTorch sees no CUDA GPU")
         if self.precision == "fp16" and not self.device.startswith("cuda"):
-            raise StdcError("fp16 with PyTorch needs --device cuda (use bf16 on the CPU)")
+            raise InvalidValue("precision", "fp16 with PyTorch needs a CUDA device (use bf16 on the CPU)")
         if self.artifact.suffix.lower() == ".pt2":
             from ..export.pt2 import is_aoti_package, load_pt2
 

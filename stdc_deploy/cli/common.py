@@ -69,8 +69,8 @@ def error_text(exc: StdcError) -> str:
     """The one-line message, with library parameter names mapped to CLI flags."""
     if isinstance(exc, InvalidValue):
         return exc.for_flag(flag_for(exc.param))
-    if isinstance(exc, OutputExistsError):
-        return f"{exc.path}: exists (pass --overwrite to replace it)"
+    if isinstance(exc, OutputExistsError):  # "<what> (overwrite=True replaces ...)"
+        return f"{exc.path}: {exc.message.split(' (overwrite=True')[0]} (pass --overwrite to replace it)"
     return str(exc)
 
 
