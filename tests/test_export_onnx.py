@@ -118,8 +118,8 @@ def test_failed_export_keeps_existing_file(stdc1, tmp_path):
 
 
 @pytest.mark.parametrize("options, param, message", [
-    (OnnxExportOptions(opset=13), "opset", "must be within 18..23, got 13"),
-    (OnnxExportOptions(opset=27), "opset", "must be within 18..23, got 27"),
+    (OnnxExportOptions(opset=10), "opset", "must be within 11..23, got 10"),
+    (OnnxExportOptions(opset=27), "opset", "must be within 11..23, got 27"),
     (OnnxExportOptions(height=16, width=64), "size", "16x64 is out of range"),
     (OnnxExportOptions(batch=0), "batch", "must be within 1..256, got 0"),
     (OnnxExportOptions(precision="int4"), "precision", "export offers fp32 or fp16"),

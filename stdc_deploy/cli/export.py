@@ -13,7 +13,7 @@ from ..checkpoint import CheckpointInfo, load_model
 from ..core.artifacts import MODELS_DIR
 from ..export import ExportResult, OnnxExportOptions, export_onnx, export_torchscript
 from ..export.common import check_export_output
-from ..export.onnx import MAX_OPSET, MIN_OPSET
+from ..export.onnx import DYNAMO_MIN_OPSET, MAX_OPSET, MIN_OPSET
 from ..parity import Tolerance, default_tolerance
 from .common import (
     ArchOption,
@@ -76,7 +76,9 @@ def onnx_command(
     size: SizeOption = "512x1024",
     batch: Annotated[int, typer.Option("--batch", "-b", help="Batch size of a static export.")] = 1,
     dynamic: Annotated[bool, typer.Option("--dynamic", help="Dynamic batch, height and width.")] = False,
-    opset: Annotated[int, typer.Option("--opset", help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")] = 20,
+    opset: Annotated[int, typer.Option("--opset", help=(
+        f"ONNX opset ({MIN_OPSET}..{MAX_OPSET}); {MIN_OPSET}..{DYNAMO_MIN_OPSET - 1} for TensorRT 8, RKNN, NCNN and "
+        f"older OpenVINO (TorchScript-based exporter), {DYNAMO_MIN_OPSET}+ via torch.export."))] = 20,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     arch: ArchOption = None,
     num_classes: NumClassesOption = None,

@@ -44,14 +44,35 @@ def topological_sort(graph) -> None:
     graph.node.extend(ordered)
 
 
+def drop_duplicate_nodes(graph) -> None:
+    """Remove nodes that repeat an earlier node exactly (same op, inputs, outputs, attributes).
+
+    The FP16 converter writes one Cast back to FP32 per use of a constant by an op kept in
+    FP32; Resize-11 takes the same empty constant as ``roi`` and ``scales``, which gives two
+    identical Casts and breaks single assignment.
+    """
+    seen, kept = set(), []
+    for node in graph.node:
+        key = (node.domain, node.op_type, tuple(node.input), tuple(node.output),
+               tuple(a.SerializeToString(deterministic=True) for a in node.attribute))
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def to_fp16(proto):
     """FP16 weights and compute with the FP32 input and output kept (Casts at the edges), as
     TensorRT's strongly typed mode takes it; ops that need FP32 (e.g. Resize's scales) stay
-    FP32 behind Casts. Uses ONNX Runtime's converter, then restores topological order."""
+    FP32 behind Casts. Uses ONNX Runtime's converter, then drops the duplicate nodes it can
+    write and restores topological order."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with quiet_exporter():
         converted = convert_float_to_float16(proto, keep_io_types=True)
+    drop_duplicate_nodes(converted.graph)
     topological_sort(converted.graph)
     return converted
 

@@ -1,4 +1,10 @@
-"""ONNX export: torch.export-based, simplified with onnxslim, checked, verified in ONNX Runtime.
+"""ONNX export: simplified with onnxslim, checked, verified in ONNX Runtime.
+
+Opsets 18 and newer come from the torch.export-based exporter; 11 to 17, which it cannot
+write (it turns them into 18), from PyTorch's TorchScript-based exporter, which writes each
+opset natively: ReduceMean with an ``axes`` attribute, Resize with explicit ``sizes``.
+(``onnx.version_converter`` cannot take this graph below 18: it lacks adapters for
+Relu-14 and Shape-15 and leaves ReduceMean-18 attributes that older ReduceMeans refuse.)
 
 One input ``input`` (float32 NCHW RGB, ImageNet-normalised), one output ``logits``
 (N, C, H, W float32 at input resolution). ``dynamic=True`` makes batch, height and width
@@ -8,6 +14,8 @@ dynamic. The file is written atomically once it has passed verification.
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -37,9 +45,15 @@ from .common import (
 from .fp16 import to_fp16
 from .quiet import quiet_exporter
 
-# 18: the oldest the torch.export-based exporter writes (older requests silently become 18);
-# 23: the newest offered, so exports stay loadable by deployment runtimes a release or two old.
-MIN_OPSET, MAX_OPSET = 18, 23
+log = logging.getLogger(__name__)
+
+# 11: the oldest with the Resize that PyTorch's bilinear align_corners needs (and what RKNN,
+# NCNN and Hailo converters read); 23: the newest offered, so exports stay loadable by
+# deployment runtimes a release or two old.
+MIN_OPSET, MAX_OPSET = 11, 23
+# the oldest the torch.export-based exporter writes (older requests silently become 18);
+# below it the TorchScript-based exporter (torch.onnx.export(dynamo=False)) is used
+DYNAMO_MIN_OPSET = 18
 MAX_BATCH = 256
 PRECISIONS = ("fp32", "fp16")
 
@@ -81,27 +95,56 @@ def _onnx_versions() -> dict[str, str]:
     return versions
 
 
-def _trace(model: STDCSeg, opts: OnnxExportOptions):
-    """torch.export -> ONNX ModelProto."""
-    from torch.export import Dim
+def exporter_for(opset: int) -> str:
+    """Which PyTorch ONNX exporter writes ``opset``: ``"dynamo"`` (torch.export-based, 18 and
+    newer) or ``"torchscript"`` (the TorchScript-based one, below 18)."""
+    return "dynamo" if opset >= DYNAMO_MIN_OPSET else "torchscript"
 
+
+def _trace(model: STDCSeg, opts: OnnxExportOptions):
+    """PyTorch -> ONNX ModelProto at ``opts.opset``, by the exporter that writes it natively."""
     # a dynamic batch needs an example batch >= 2, or torch.export specialises it to 1
     batch = max(2, opts.batch) if opts.dynamic else opts.batch
     example = torch.zeros(batch, 3, opts.height, opts.width)
+    exporter = exporter_for(opts.opset)
+    log.info("exporting opset %d with the %s-based ONNX exporter", opts.opset,
+             "torch.export" if exporter == "dynamo" else "TorchScript")
+    try:
+        with quiet_exporter(), torch.no_grad():
+            if exporter == "dynamo":
+                return _export_dynamo(model, example, opts)
+            return _export_torchscript(model, example, opts)
+    except Exception as exc:  # the exporters raise many types; all mean the same to a user
+        raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+
+
+def _export_dynamo(model: STDCSeg, example: torch.Tensor, opts: OnnxExportOptions):
+    from torch.export import Dim
+
     dynamic_shapes = None
     if opts.dynamic:
         dynamic_shapes = {"x": {0: Dim("batch", min=1, max=MAX_BATCH),
                                 2: Dim("height", min=MIN_SIDE, max=MAX_SIDE),
                                 3: Dim("width", min=MIN_SIDE, max=MAX_SIDE)}}
-    try:
-        with quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(
-                model, (example,), dynamo=True, external_data=False, opset_version=opts.opset,
-                input_names=["input"], output_names=["logits"], dynamic_shapes=dynamic_shapes,
-                verbose=False)
-    except Exception as exc:  # the exporter raises many types; all mean the same to a user
-        raise ExportError(f"torch.onnx export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    program = torch.onnx.export(
+        model, (example,), dynamo=True, external_data=False, opset_version=opts.opset,
+        input_names=["input"], output_names=["logits"], dynamic_shapes=dynamic_shapes, verbose=False)
     return program.model_proto
+
+
+def _export_torchscript(model: STDCSeg, example: torch.Tensor, opts: OnnxExportOptions):
+    import onnx
+
+    axes = {0: "batch", 2: "height", 3: "width"}
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model, (example,), buffer, dynamo=False, opset_version=opts.opset, do_constant_folding=True,
+        input_names=["input"], output_names=["logits"],
+        dynamic_axes={"input": axes, "logits": axes} if opts.dynamic else None)
+    proto = onnx.load_from_string(buffer.getvalue())
+    # this exporter leaves the class dimension of a dynamic output symbolic: state it, as the other does
+    proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value = model.num_classes
+    return proto
 
 
 def _io_signature(proto) -> list[tuple[str, list]]:
@@ -126,7 +169,9 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
     """Export ``model`` to ``output`` (atomic; nothing is written if any step fails).
 
     The metadata's ``opset`` is the file's own default-domain opset; an exporter that
-    writes another opset than ``options.opset`` is an :class:`ExportError`.
+    writes another opset than ``options.opset`` is an :class:`ExportError`. Every node is
+    checked against the schema of that opset (``onnx.checker`` full check), so no op or
+    input form newer than the opset passes.
     """
     import onnx
 
