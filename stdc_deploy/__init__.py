@@ -12,7 +12,7 @@ from ._version import __version__
 from .errors import CheckpointError, ExportError, StdcError
 
 _LAZY = {
-    "ARCHS": ".models", "PRESETS": ".models", "STDCSeg": ".models", "create_model": ".models",
+    "ARCHS": ".models", "PRESETS": ".models", "VARIANTS": ".models", "STDCSeg": ".models", "create_model": ".models",
     "CheckpointInfo": ".checkpoint", "load_model": ".checkpoint", "read_state_dict": ".checkpoint",
     "remap_state_dict": ".checkpoint",
     "ArtifactMetadata": ".core.metadata",

@@ -1,10 +1,12 @@
 """Reading STDC-Seg checkpoints: safe loading, one pure remap, then a strict load.
 
 Accepted: official bare state_dicts (``model_maxmIOU50.pth`` ...), the same wrapped in
-``state_dict`` / ``model`` / ``net`` and/or with ``module.`` prefixes, and MMSegmentation
-STDC checkpoints. Everything is converted to the official key names, which are also this
+``state_dict`` / ``model`` / ``net`` and/or with ``module.`` prefixes, MMSegmentation
+STDC checkpoints, and the mgchen fork's ``cut`` and ``del`` variants (detected from the
+tensor shapes). Everything is converted to the official key names, which are also this
 package's module names; what the model deliberately omits (backbone aliases, the ImageNet
-head, training-only heads) is dropped by name and reported.
+head, training-only heads, the unused 1/32 stage a ``del`` checkpoint carries) is dropped
+by name and reported.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
-from .models import AUX_HEADS, ARCHS, STDCSeg, create_model, get_arch
+from .models import AUX_HEADS, ARCHS, VARIANTS, STDCSeg, create_model, get_arch
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ _IMAGENET_HEAD = re.compile(r"^cp\.backbone\.(conv_last|fc|bn|linear)\.")
 FEATURE_BLOCK = re.compile(r"^cp\.backbone\.features\.(\d+)\.")
 _AUX_HEAD = re.compile(rf"^({'|'.join(AUX_HEADS)})\.")
 CLASSIFIER = "conv_out.conv_out"
+CONTEXT_AVG = "cp.conv_avg.conv.weight"  # its input channels tell the deepest stage the network runs
+HEAD_WIDTH_KEYS = ("conv_out.conv.conv.weight", "ffm.convblk.conv.weight")  # out channels: head width
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Remapped:
     source_format: str  # "official" or "mmseg"
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> original keys
     inplace_abn: tuple[str, ...] = ()  # layers whose InPlaceABN scale was converted (see remap_state_dict)
+    variant: str = "plain"  # see detect_variant
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,12 @@ class CheckpointInfo:
     has_aux_heads: bool
     dropped: dict[str, int]  # reason -> number of tensors
     inplace_abn_layers: int = 0  # official InPlaceABN layers, scale converted to |weight| + eps
+    variant: str = "plain"  # "plain" (official network), or the fork's "cut" / "del"
+
+    @property
+    def model_name(self) -> str:
+        """``stdc1``, or ``stdc1-cut`` for a variant: for file names and messages."""
+        return self.arch if self.variant == "plain" else f"{self.arch}-{self.variant}"
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
@@ -211,9 +222,10 @@ def remap_state_dict(state_dict: Mapping[str, torch.Tensor], *, keep_aux_heads: 
     """Convert any accepted checkpoint layout to this package's (= the official) key names.
 
     Pure: no model, no I/O. Drops, by name, the backbone's duplicate stage aliases
-    (``cp.backbone.x8...``), the ImageNet head (``conv_last``, ``fc``, ``bn``, ``linear``)
-    and, unless ``keep_aux_heads``, the training-only heads. Unknown keys are kept so
-    that the strict load reports them.
+    (``cp.backbone.x8...``), the ImageNet head (``conv_last``, ``fc``, ``bn``, ``linear``),
+    the backbone blocks a variant never runs (``del``: the 1/32 stage) and, unless
+    ``keep_aux_heads``, the training-only heads. Unknown keys are kept so that the strict
+    load reports them.
     """
     sd = strip_prefix(state_dict)
     dropped: dict[str, list[str]] = {}
@@ -227,10 +239,22 @@ def remap_state_dict(state_dict: Mapping[str, torch.Tensor], *, keep_aux_heads: 
         raise CheckpointError(
             "this is an ImageNet STDCNet backbone checkpoint (keys 'features.N...'), not an "
             "STDC-Seg segmentation checkpoint; train or download a segmentation model")
+    variant = detect_variant(sd)
+    unused_from = None  # first `features` block the variant does not run
+    if VARIANTS[variant].context_stride != 32:
+        arch = detect_arch(sd)
+        if arch not in VARIANTS[variant].archs:
+            raise CheckpointError(
+                f"a {variant} head (context from 1/{VARIANTS[variant].context_stride}) on an {arch} backbone: "
+                f"the {variant} variant exists for {', '.join(VARIANTS[variant].archs)} only")
+        unused_from = get_arch(arch, variant).num_feature_blocks
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
+        block = FEATURE_BLOCK.match(key)
         if _BACKBONE_ALIASES.match(key):
             reason = "backbone stage aliases (duplicates of cp.backbone.features)"
+        elif unused_from is not None and block and int(block.group(1)) >= unused_from:
+            reason = f"backbone 1/32 stage (not run by the {variant} variant)"
         elif _IMAGENET_HEAD.match(key):
             reason = "ImageNet classification head (unused for segmentation)"
         elif _AUX_HEAD.match(key) and not keep_aux_heads:
@@ -244,7 +268,7 @@ def remap_state_dict(state_dict: Mapping[str, torch.Tensor], *, keep_aux_heads: 
         converted = inplace_abn_layers(out)
         for layer in converted:
             out[f"{layer}.weight"] = out[f"{layer}.weight"].abs() + INPLACE_ABN_EPS
-    return Remapped(out, source, dropped, converted)
+    return Remapped(out, source, dropped, converted, variant)
 
 
 INPLACE_ABN_EPS = 1e-5  # the official InPlaceABNSync's default eps
@@ -257,8 +281,10 @@ def inplace_abn_layers(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, ...
     InPlaceABN scales by ``|weight| + eps``, not ``weight`` (its CPU and CUDA kernels both
     compute ``gamma = abs(weight) + eps``), so :func:`remap_state_dict` stores that value and
     a plain BatchNorm computes what the official network computed, negative weights included.
-    Checkpoints written with plain BatchNorm (MMSeg, the fork) keep ``num_batches_tracked``
-    and are left as they are.
+    Checkpoints written with plain BatchNorm (MMSeg, the fork and its ``cut``/``del``
+    variants) keep ``num_batches_tracked`` and are left as they are. The test is per layer and
+    runs after the remap, so only layers the model loads count (a ``del`` checkpoint's unused
+    1/32 stage and ImageNet head are gone by then, and sit under ``cp.backbone`` anyway).
     """
     layers = []
     for key in state_dict:
@@ -272,7 +298,8 @@ def inplace_abn_layers(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, ...
 # ----------------------------------------------------------------------------- detection
 
 def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``stdc1``/``stdc2`` from the number of ``cp.backbone.features`` blocks."""
+    """``stdc1``/``stdc2`` from the number of ``cp.backbone.features`` blocks (all of them,
+    or those a variant runs, as after :func:`remap_state_dict`)."""
     indices = {int(m.group(1)) for k in state_dict if (m := FEATURE_BLOCK.match(k))}
     if not indices:
         raise CheckpointError(
@@ -282,8 +309,42 @@ def detect_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
     for cfg in ARCHS.values():
         if cfg.num_feature_blocks == count:
             return cfg.name
+    for cfg in ARCHS.values():
+        for variant in VARIANTS.values():
+            if cfg.name in variant.archs and get_arch(cfg.name, variant.name).num_feature_blocks == count:
+                return cfg.name
     known = ", ".join(f"{c.name}={c.num_feature_blocks}" for c in ARCHS.values())
     raise CheckpointError(f"not an STDC-Seg checkpoint: backbone has {count} feature blocks ({known})")
+
+
+def detect_variant(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``plain``, ``cut`` or ``del`` from official-named tensors (raw or remapped).
+
+    Head width: the output channels of ``conv_out.conv.conv`` and ``ffm.convblk.conv`` (256 for
+    the official network, 128 for ``cut``/``del``). Deepest stage run: the input channels of
+    ``cp.conv_avg.conv`` (1024: 1/32; 512: 1/16, ``del``), or without that tensor, 1/16 when
+    there is a ``cp.arm16`` but no ``cp.arm32``. Whatever is absent counts as the official
+    network's, so that the strict load names it.
+    """
+    widths = {k: int(state_dict[k].shape[0]) for k in HEAD_WIDTH_KEYS if k in state_dict and state_dict[k].ndim == 4}
+    if len(set(widths.values())) > 1:
+        found = ", ".join(f"{k} {n}" for k, n in widths.items())
+        raise CheckpointError(f"head tensors disagree on the head width (output channels: {found}); "
+                              f"{_known_variants()}")
+    width = next(iter(widths.values()), VARIANTS["plain"].head_channels)
+    avg = state_dict.get(CONTEXT_AVG)
+    if avg is not None and avg.ndim == 4:
+        stride = 16 if int(avg.shape[1]) == 512 else 32  # other widths: the strict load names them
+    else:
+        stride = 16 if (any(k.startswith("cp.arm16.") for k in state_dict)
+                        and not any(k.startswith("cp.arm32.") for k in state_dict)) else 32
+    for variant in VARIANTS.values():
+        if (variant.head_channels, variant.context_stride) == (width, stride):
+            return variant.name
+    raise CheckpointError(
+        f"no known variant has a {width}-channel head ({', '.join(widths) or HEAD_WIDTH_KEYS[0]}) with its "
+        f"context from 1/{stride} ({CONTEXT_AVG}{' absent' if avg is None else ' ' + _shape(avg)}); "
+        f"{_known_variants()}")
 
 
 def detect_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -291,6 +352,15 @@ def detect_num_classes(state_dict: Mapping[str, torch.Tensor]) -> int:
     if weight is None or weight.ndim != 4:
         raise CheckpointError(f"not an STDC-Seg checkpoint: no classifier '{CLASSIFIER}.weight'")
     return int(weight.shape[0])
+
+
+def _known_variants() -> str:
+    return "known: " + "; ".join(f"{v.name} = {v.head_channels}-channel head, context from 1/{v.context_stride}"
+                                 for v in VARIANTS.values())
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -345,7 +415,7 @@ def check_finite(state_dict: Mapping[str, torch.Tensor]) -> None:
 
 def inspect_checkpoint(state_dict: Mapping[str, torch.Tensor], *, path: str | os.PathLike | None = None,
                        keep_aux_heads: bool = False) -> tuple[Remapped, CheckpointInfo]:
-    """Remap and describe a state_dict (architecture, classes, classifier bias).
+    """Remap and describe a state_dict (architecture, variant, classes, classifier bias).
 
     Raises :class:`CheckpointError` for non-finite weights among the tensors the model would load.
     """
@@ -363,6 +433,7 @@ def inspect_checkpoint(state_dict: Mapping[str, torch.Tensor], *, path: str | os
                 "heads" in reason for reason in remapped.dropped),
             dropped={reason: len(keys) for reason, keys in remapped.dropped.items()},
             inplace_abn_layers=len(remapped.inplace_abn),
+            variant=remapped.variant,
         )
         check_finite(sd)
     except CheckpointError as exc:
@@ -373,24 +444,31 @@ def inspect_checkpoint(state_dict: Mapping[str, torch.Tensor], *, path: str | os
 
 
 def load_model(path: str | os.PathLike, *, arch: str | None = None, num_classes: int | None = None,
-               aux_heads: bool = False) -> tuple[STDCSeg, CheckpointInfo]:
+               variant: str | None = None, aux_heads: bool = False) -> tuple[STDCSeg, CheckpointInfo]:
     """Load a checkpoint into an eval-mode :class:`STDCSeg` on the CPU.
 
-    ``arch`` and ``num_classes`` are optional overrides, checked against the file.
+    ``arch``, ``variant`` and ``num_classes`` are optional, checked against what the file's
+    tensors say (they never change what is built).
     """
     remapped, info = inspect_checkpoint(read_state_dict(path), path=path, keep_aux_heads=aux_heads)
     if arch is not None and get_arch(arch).name != info.arch:
         raise CheckpointError(f"checkpoint is {info.arch}, not {get_arch(arch).name} (--arch)", path)
+    if variant is not None and variant not in VARIANTS:
+        raise CheckpointError(f"unknown variant {variant!r}; choose one of: {', '.join(VARIANTS)} (--variant)")
+    if variant is not None and variant != info.variant:
+        raise CheckpointError(f"checkpoint is the {info.variant} variant of {info.arch}, not {variant} (--variant)",
+                              path)
     if num_classes is not None and num_classes != info.num_classes:
         raise CheckpointError(
             f"checkpoint has {info.num_classes} classes, not {num_classes} (--num-classes)", path)
     if aux_heads and info.source_format == "mmseg":
         raise CheckpointError("auxiliary heads of MMSeg checkpoints are not mapped; load without them", path)
-    model = create_model(info.arch, info.num_classes, classifier_bias=info.classifier_bias, aux_heads=aux_heads)
+    model = create_model(info.arch, info.num_classes, variant=info.variant, classifier_bias=info.classifier_bias,
+                         aux_heads=aux_heads)
     try:
         load_state_dict_strict(model, remapped.state_dict)
     except CheckpointError as exc:
-        raise CheckpointError(f"{info.arch} checkpoint ({info.source_format} format) {exc}", path) from None
+        raise CheckpointError(f"{info.model_name} checkpoint ({info.source_format} format) {exc}", path) from None
     for reason, count in info.dropped.items():
         log.debug("%s: ignored %d tensors: %s", path, count, reason)
     return model.eval(), info

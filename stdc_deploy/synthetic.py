@@ -1,5 +1,5 @@
 """Synthetic street-like images, random-weight models with realistic statistics, and
-checkpoints written in the official training code's key layout.
+checkpoints written in the official training code's key layout or the mgchen fork's.
 
 Used where no weights or data can be downloaded: tests, the demo and benchmarks.
 BatchNorm statistics are *measured* on varied images (not white noise, which leaves
@@ -70,10 +70,10 @@ def calibrate_batchnorm(model: STDCSeg, batches: list[torch.Tensor]) -> STDCSeg:
 
 def random_model(arch: str = "stdc1", num_classes: int = 19, *, seed: int = 0, aux_heads: bool = True,
                  classifier_bias: bool = False, calib_size: tuple[int, int] = (128, 256),
-                 calib_images: int = 16, logit_scale: float = 8.0) -> STDCSeg:
+                 calib_images: int = 16, logit_scale: float = 8.0, variant: str | None = None) -> STDCSeg:
     """A deterministic random-weight STDC-Seg (eval mode) with measured BN statistics."""
     torch.manual_seed(seed)
-    model = create_model(arch, num_classes, classifier_bias=classifier_bias, aux_heads=aux_heads)
+    model = create_model(arch, num_classes, variant=variant, classifier_bias=classifier_bias, aux_heads=aux_heads)
     if classifier_bias:
         nn.init.uniform_(model.conv_out.conv_out.bias, -1.0, 1.0)
     # BN affine parameters away from the (1, 0) init, as after training
@@ -101,8 +101,9 @@ def to_official_state_dict(model: STDCSeg) -> dict[str, torch.Tensor]:
     :func:`stdc_deploy.checkpoint.inplace_abn_layers`). Needs a model built with
     ``aux_heads=True`` (official checkpoints always hold those heads).
     """
-    if not model.aux_heads:
-        raise ValueError("official checkpoints carry the training heads: build the model with aux_heads=True")
+    _check_training_heads(model, "official")
+    if model.variant != "plain":
+        raise ValueError(f"the official code has no {model.variant} variant: use to_fork_state_dict")
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()
           if not (k.endswith("num_batches_tracked") and not k.startswith("cp.backbone."))}
     # the head's BatchNorms were InPlaceABNSync there, which scales by |weight| + eps
@@ -111,8 +112,42 @@ def to_official_state_dict(model: STDCSeg) -> dict[str, torch.Tensor]:
         if bool((weight < INPLACE_ABN_EPS).any()):
             raise ValueError(f"{layer}: BatchNorm weights below {INPLACE_ABN_EPS} have no InPlaceABN equivalent")
         sd[f"{layer}.weight"] = weight - INPLACE_ABN_EPS
+    return _with_backbone_extras(sd, model)
+
+
+def to_fork_state_dict(model: STDCSeg, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The model's weights in the key layout the mgchen fork's training writes (its
+    ``BiSeNet_cutNet`` / ``BiSeNet_delNet``, or the plain network with plain BatchNorm).
+
+    Plain BatchNorm everywhere, so every BN keeps ``num_batches_tracked``; backbone stage
+    aliases and an ImageNet head as in :func:`to_official_state_dict`. A ``del`` model gets
+    the tensors the fork still saves but never runs: the backbone's 1/32 stage (random values,
+    seeded by ``seed``; ``cp.backbone.features.6/7`` for STDC1) with no ``x32`` alias, beside the
+    ImageNet head. Needs a model built with ``aux_heads=True`` (the fork saves the training heads).
+    """
+    _check_training_heads(model, "fork")
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if model.cfg.stages != model.cfg.layers:  # the stages the variant does not run
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            full = create_model(model.cfg.name).cp.backbone.state_dict()
+        first = model.cfg.num_feature_blocks
+        for key, value in full.items():
+            m = FEATURE_BLOCK.match(f"cp.backbone.{key}")
+            if m and int(m.group(1)) >= first:
+                sd[f"cp.backbone.{key}"] = value
+    return _with_backbone_extras(sd, model)
+
+
+def _check_training_heads(model: STDCSeg, layout: str) -> None:
+    if not model.aux_heads:
+        raise ValueError(f"{layout} checkpoints carry the training heads: build the model with aux_heads=True")
+
+
+def _with_backbone_extras(sd: dict[str, torch.Tensor], model: STDCSeg) -> dict[str, torch.Tensor]:
+    """``sd`` plus the stage aliases of the stages ``model`` runs and a zero ImageNet head."""
     out = dict(sd)
-    # aliases: x2=features[:1], x4=features[1:2], x8/x16/x32 = the three stages
+    # aliases: x2=features[:1], x4=features[1:2], x8/x16[/x32] = the stages run
     ends = model.cp.backbone.stage_ends
     starts = [0, *ends[:-1]]
     for name, start, end in zip(("x2", "x4", "x8", "x16", "x32"), starts, ends):
@@ -122,7 +157,7 @@ def to_official_state_dict(model: STDCSeg) -> dict[str, torch.Tensor]:
                 if start <= idx < end:
                     # slicing nn.Sequential keeps the original indices
                     out[f"cp.backbone.{name}.0.{idx}.{key[m.end():]}"] = value
-    width = model.cp.backbone.out_channels[-1]
+    width = model.cfg.base * 16  # the ImageNet head sits on the 1/32 stage, run or not
     head = max(1024, width)
     out.update({
         "cp.backbone.conv_last.conv.weight": torch.zeros(head, width, 1, 1),

@@ -18,7 +18,7 @@ from stdc_deploy.bench import (
 )
 from stdc_deploy.cli import app
 from stdc_deploy.errors import InvalidValue, StdcError
-from stdc_deploy.models import PRESETS, Preset
+from stdc_deploy.models import DEFAULT_PRESETS, PRESETS, Preset
 
 
 def test_percentiles_on_known_samples():
@@ -58,7 +58,7 @@ def test_settings_defaults_and_validation():
 
 
 def test_presets_are_the_papers():
-    assert [(p.name, p.height, p.width, p.paper_fps) for p in PRESETS.values()] == [
+    assert [(p.name, p.height, p.width, p.paper_fps) for p in (PRESETS[n] for n in DEFAULT_PRESETS)] == [
         ("stdc1-seg50", 512, 1024, 250.4), ("stdc1-seg75", 768, 1536, 126.7),
         ("stdc2-seg50", 512, 1024, 188.6), ("stdc2-seg75", 768, 1536, 97.0)]
     with pytest.raises(StdcError, match="unknown preset"):
@@ -188,7 +188,7 @@ def test_preset_table_fits_80_columns():
     stats = LatencyStats.from_seconds([0.0123, 0.0125, 0.0131])
     rows = [BenchRow(model=p.name, arch=p.arch, height=p.height, width=p.width, batch=1, backend="tensorrt",
                      device="cuda:0", precision="fp16", mode="model-only", latency=stats, fps=1e3 / stats.mean_ms,
-                     peak_rss_mb=1234.0, gpu_peak_mb=2345.0, paper_fps=p.paper_fps) for p in PRESETS.values()]
+                     peak_rss_mb=1234.0, gpu_peak_mb=2345.0, paper_fps=p.paper_fps) for p in (PRESETS[n] for n in DEFAULT_PRESETS)]
     table, setup = bench_table(rows)
     assert setup == "backend tensorrt, device cuda:0, prec fp16, batch 1, mode model-only, peak MB = RSS/GPU"
     buffer = StringIO()

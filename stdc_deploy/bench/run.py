@@ -123,7 +123,7 @@ def bench_backend(backend: Backend, settings: BenchSettings, *, model_name: str,
                 step = functools.partial(segmenter.predict_batch, [image] * settings.batch)
                 stats = LatencyStats.from_seconds(time_steps(step, warmup, iters, seconds))
         rows.append(BenchRow(
-            model=model_name, arch=backend.metadata.arch, height=segmenter.input_size[0],
+            model=model_name, arch=backend.metadata.model_name, height=segmenter.input_size[0],
             width=segmenter.input_size[1], batch=settings.batch, backend=backend.name, device=backend.device,
             precision=backend.effective_precision, mode=mode, latency=stats, fps=settings.batch * 1e3 / stats.mean_ms,
             peak_rss_mb=_peak_rss_mb(), gpu_peak_mb=gpu["gpu_peak_mb"], paper_fps=paper_fps,

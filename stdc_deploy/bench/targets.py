@@ -1,4 +1,5 @@
-"""What to time: artifacts, or the paper's presets as random-weight artifacts made on demand."""
+"""What to time: artifacts, or presets (the paper's, the fork's variants) as random-weight
+artifacts made on demand."""
 
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ def preset_artifact(preset: Preset, kind: str, directory: Path, batch: int = 1) 
     """
     import torch
 
-    from ..synthetic import to_official_state_dict
     from ..export import OnnxExportOptions, export_onnx
-    from ..synthetic import random_model
+    from ..synthetic import random_model, to_fork_state_dict, to_official_state_dict
 
-    model = random_model(preset.arch, seed=0, aux_heads=kind == "checkpoint", calib_size=(64, 128), calib_images=8)
+    model = random_model(preset.arch, seed=0, aux_heads=kind == "checkpoint", calib_size=(64, 128), calib_images=8,
+                         variant=preset.variant)
     if kind == "checkpoint":
         path = directory / f"{preset.name}.pth"
-        torch.save(to_official_state_dict(model), path)
+        # the official code has no variants: they are written as the mgchen fork writes them
+        torch.save(to_official_state_dict(model) if model.variant == "plain" else to_fork_state_dict(model), path)
         return path
     path = directory / f"{preset.name}-b{batch}.onnx"
     export_onnx(model.eval(), path, OnnxExportOptions(height=preset.height, width=preset.width, batch=batch,

@@ -15,7 +15,7 @@ from ..bench.report import write_csv, write_json, write_plot
 from ..core.artifacts import read_metadata
 from ..core.fileio import check_outputs
 from ..errors import StdcError
-from ..models import PAPER_SETUP, PRESETS, Preset, get_arch
+from ..models import DEFAULT_PRESETS, PAPER_SETUP, PRESETS, Preset, get_arch
 from ..optional import require
 from .common import OverwriteOption, command, console, parse_size
 
@@ -76,7 +76,7 @@ def bench(
     model: Annotated[Path | None, typer.Option(
         "--model", "-m", help="Artifact to time (checkpoint, .onnx, .ts). Default: the paper's four presets.")] = None,
     preset: Annotated[list[str] | None, typer.Option(
-        "--preset", help=f"Preset(s) to time: {', '.join(PRESETS)} (default: all four).")] = None,
+        "--preset", help=f"Preset(s) to time: {', '.join(PRESETS)} (default: the paper's four).")] = None,
     arch: Annotated[str | None, typer.Option("--arch", help="stdc1 or stdc2, random weights, with --size.")] = None,
     size: Annotated[str | None, typer.Option("--size", "-s", help="Input HxW (or seg50/seg75) for --arch or dynamic models.")] = None,
     backend: Annotated[list[str] | None, typer.Option(
@@ -121,11 +121,12 @@ def bench(
             input_size = (meta.input_height, meta.input_width)
         targets = [Target(model.name, input_size or (meta.opt_height, meta.opt_width), artifact=model)]
     elif arch is not None:
-        get_arch(arch)
+        cfg = get_arch(arch)
         h, w = input_size or (512, 1024)
-        targets = [Target(f"{arch}-{h}x{w}", (h, w), preset=Preset(f"{arch}-{h}x{w}", arch, h, w))]
+        name = f"{cfg.model_name}-{h}x{w}"
+        targets = [Target(name, (h, w), preset=Preset(name, cfg.name, h, w, variant=cfg.variant))]
     else:
-        targets = preset_targets(preset or list(PRESETS))
+        targets = preset_targets(preset or list(DEFAULT_PRESETS))
     backends = list(dict.fromkeys(backend)) if backend else [None]
 
     def on_row(row: BenchRow) -> None:

@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.text import Text
 
 from ..core.fileio import OutputExistsError
+from ..core.metadata import MAX_SIDE, MIN_SIDE
 from ..errors import InvalidValue, StdcError
 
 console = Console(soft_wrap=True, markup=False, highlight=False)  # long paths stay on one line (greppable)
 err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 
-MIN_SIDE, MAX_SIDE = 32, 8192  # network input sides accepted everywhere
 
 
 class State:
@@ -110,7 +110,7 @@ SIZE_ALIASES = {"seg50": (512, 1024), "seg75": (768, 1536), "seg100": (1024, 204
 
 
 def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
-    """``HxW`` (e.g. 512x1024) or seg50 / seg75 / seg100, each side within 32..8192."""
+    """``HxW`` (e.g. 512x1024) or seg50 / seg75 / seg100, each side within MIN_SIDE..MAX_SIDE."""
     if text.lower() in SIZE_ALIASES:
         return SIZE_ALIASES[text.lower()]
     m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
@@ -123,6 +123,8 @@ def parse_size(text: str, flag: str = "--size") -> tuple[int, int]:
 
 
 ArchOption = Annotated[str | None, typer.Option("--arch", help="stdc1 or stdc2; only checked against the checkpoint.")]
+VariantOption = Annotated[str | None, typer.Option(
+    "--variant", help="plain, cut or del (the mgchen fork's variants); only checked against the checkpoint.")]
 NumClassesOption = Annotated[int | None, typer.Option("--num-classes", min=1,
                                                       help="Only checked against the checkpoint.")]
 SizeOption = Annotated[str, typer.Option("--size", "-s", help="Input HEIGHTxWIDTH, or seg50 (512x1024) / seg75 / seg100.")]

@@ -17,6 +17,7 @@ from ..export.onnx import DYNAMO_MIN_OPSET, MAX_OPSET, MIN_OPSET
 from ..parity import Tolerance, default_tolerance
 from .common import (
     ArchOption,
+    VariantOption,
     AtolOption,
     MinAgreementOption,
     NumClassesOption,
@@ -48,12 +49,12 @@ def _tolerance(precision: str, atol: float | None, rtol: float | None, min_agree
 
 
 def _load(checkpoint: Path, output: Path | None, kind: str, default: Callable[[CheckpointInfo], Path], *,
-          overwrite: bool, arch: str | None, num_classes: int | None):
+          overwrite: bool, arch: str | None, num_classes: int | None, variant: str | None):
     """Check the output, load the checkpoint, then check the default output (it names the arch)."""
     if output is not None:
         check_export_output(output, kind, [checkpoint], overwrite=overwrite)
-    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes)
-    console.print(f"Loaded {checkpoint}: {info.arch}, {info.num_classes} classes, {info.source_format} format"
+    model, info = load_model(checkpoint, arch=arch, num_classes=num_classes, variant=variant)
+    console.print(f"Loaded {checkpoint}: {info.model_name}, {info.num_classes} classes, {info.source_format} format"
                   + (", classifier bias" if info.classifier_bias else ""))
     if info.dropped:
         console.print("  ignored tensors: " + "; ".join(f"{n} {reason}" for reason, n in info.dropped.items()))
@@ -81,6 +82,7 @@ def onnx_command(
         f"older OpenVINO (TorchScript-based exporter), {DYNAMO_MIN_OPSET}+ via torch.export."))] = 20,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxslim.")] = True,
     arch: ArchOption = None,
+    variant: VariantOption = None,
     num_classes: NumClassesOption = None,
     precision: Annotated[str, typer.Option(
         "--precision", help="fp32, or fp16 (FP16 weights and compute, FP32 input/output; verified against FP32).")] = "fp32",
@@ -99,10 +101,10 @@ def onnx_command(
                                 tolerance=_tolerance(precision, atol, rtol, min_agreement))
     options.validate()
     def default(info: CheckpointInfo) -> Path:
-        return default_onnx_path(checkpoint, info.arch, (height, width), dynamic, precision)
+        return default_onnx_path(checkpoint, info.model_name, (height, width), dynamic, precision)
 
     model, info, output = _load(checkpoint, output, "onnx", default, overwrite=overwrite, arch=arch,
-                                num_classes=num_classes)
+                                num_classes=num_classes, variant=variant)
     verb = "Replaced" if output.exists() else "Wrote"
     with console.status("Exporting and verifying..."):
         result = export_onnx(model, output, options, checkpoint=info)
@@ -118,6 +120,7 @@ def torchscript_command(
         "--output", "-o", help="Output .ts file (default: models/CHECKPOINT-ARCH.ts).")] = None,
     size: Annotated[str, typer.Option("--size", "-s", help="Trace and verification size HxW (the program runs at any size).")] = "512x1024",
     arch: ArchOption = None,
+    variant: VariantOption = None,
     num_classes: NumClassesOption = None,
     atol: AtolOption = None,
     rtol: RtolOption = None,
@@ -130,8 +133,8 @@ def torchscript_command(
     """
     height, width = parse_size(size)
     model, info, output = _load(checkpoint, output, "torchscript",
-                                lambda info: MODELS_DIR / f"{checkpoint.stem}-{info.arch}.ts",
-                                overwrite=overwrite, arch=arch, num_classes=num_classes)
+                                lambda info: MODELS_DIR / f"{checkpoint.stem}-{info.model_name}.ts",
+                                overwrite=overwrite, arch=arch, num_classes=num_classes, variant=variant)
     verb = "Replaced" if output.exists() else "Wrote"
     with console.status("Tracing and verifying..."):
         result = export_torchscript(model, output, height, width, checkpoint=info,
@@ -149,6 +152,7 @@ def pt2_command(
     aoti: Annotated[bool, typer.Option("--aoti", help="Compile an AOTInductor package (C++ compiler needed; minutes).")] = False,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda: where the artifact runs (AOTInductor compiles for it).")] = "cpu",
     arch: ArchOption = None,
+    variant: VariantOption = None,
     num_classes: NumClassesOption = None,
     atol: AtolOption = None,
     rtol: RtolOption = None,
@@ -160,8 +164,8 @@ def pt2_command(
 
     height, width = parse_size(size)
     model, info, output = _load(checkpoint, output, "pt2",
-                                lambda info: MODELS_DIR / f"{checkpoint.stem}-{info.arch}{'-aoti' if aoti else ''}.pt2",
-                                overwrite=overwrite, arch=arch, num_classes=num_classes)
+                                lambda info: MODELS_DIR / f"{checkpoint.stem}-{info.model_name}{'-aoti' if aoti else ''}.pt2",
+                                overwrite=overwrite, arch=arch, num_classes=num_classes, variant=variant)
     verb = "Replaced" if output.exists() else "Wrote"
     with console.status("Compiling with AOTInductor..." if aoti else "Exporting and verifying..."):
         result = export_pt2(model, output, height, width, aoti=aoti, device=device, checkpoint=info,

@@ -80,12 +80,12 @@ def read_archive_metadata(path: str | os.PathLike) -> ArtifactMetadata:
 
 
 def read_checkpoint_metadata(path: str | os.PathLike) -> ArtifactMetadata:
-    """Metadata derived from a checkpoint's tensors (architecture, classes, bias)."""
+    """Metadata derived from a checkpoint's tensors (architecture, variant, classes, bias)."""
     from ..checkpoint import inspect_checkpoint, read_state_dict
 
     _, info = inspect_checkpoint(read_state_dict(path), path=path)
-    return ArtifactMetadata(arch=info.arch, num_classes=info.num_classes, input_height=None, input_width=None,
-                            batch=None, dynamic=True, classifier_bias=info.classifier_bias,
+    return ArtifactMetadata(arch=info.arch, variant=info.variant, num_classes=info.num_classes, input_height=None,
+                            input_width=None, batch=None, dynamic=True, classifier_bias=info.classifier_bias,
                             source_format=info.source_format, checkpoint_sha256=info.sha256)
 
 

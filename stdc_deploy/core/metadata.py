@@ -14,6 +14,12 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 FORMAT_VERSION = 1
 METADATA_FILE = "stdc_metadata.json"  # inside TorchScript and .pt2 archives
+# Network input sides every exporter and runtime accepts. Each stride-2 stage maps n to
+# ceil(n / 2) >= 1 and global pooling averages at least one pixel, so the network runs at any
+# size (tested down to 1x1); 2 keeps dynamic-shape tracing clear of PyTorch's special-casing
+# of sizes 0 and 1. Below 32 (16 for the del variant) the global context is a single pixel:
+# a quality limit, not a failure.
+MIN_SIDE, MAX_SIDE = 2, 8192
 
 
 @dataclass(frozen=True)
@@ -23,11 +29,14 @@ class ArtifactMetadata:
     The input is ``input_name``: float32 ``input_layout`` in ``color_order``, pixel values
     scaled to 0-1 and normalised with ``mean``/``std``. ``input_height``/``input_width``/
     ``batch`` are None where the dimension is dynamic; for dynamic artifacts they give the
-    size the export was verified at as ``opt_height``/``opt_width``.
+    size the export was verified at as ``opt_height``/``opt_width``. ``variant`` is the
+    head variant (``plain``: the official network; ``cut``/``del``: the mgchen fork's); files
+    written before it existed read as ``plain``.
     """
 
     arch: str
     num_classes: int
+    variant: str = "plain"
     class_names: tuple[str, ...] = ()
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
@@ -56,6 +65,11 @@ class ArtifactMetadata:
             object.__setattr__(self, "class_names", default_class_names(self.num_classes))
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    @property
+    def model_name(self) -> str:
+        """``stdc1``, or ``stdc1-cut`` for a variant."""
+        return self.arch if self.variant == "plain" else f"{self.arch}-{self.variant}"
 
     @property
     def input_size(self) -> str:

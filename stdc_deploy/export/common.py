@@ -22,13 +22,12 @@ import numpy as np
 from .._version import __version__
 from ..core.artifacts import KIND_NAMES, KINDS
 from ..core.fileio import atomic_output, check_outputs
-from ..core.metadata import IMAGENET_MEAN, IMAGENET_STD, ArtifactMetadata
+from ..core.metadata import IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE, MIN_SIDE, ArtifactMetadata
 from ..errors import ExportError, InvalidValue
 from ..parity import Parity, Tolerance, compare_logits
 
 log = logging.getLogger(__name__)
 
-MIN_SIDE, MAX_SIDE = 32, 8192  # input height and width every exporter accepts
 
 Runner = Callable[[np.ndarray], np.ndarray]  # a normalised NCHW batch -> logits
 
@@ -83,7 +82,7 @@ def build_metadata(model, checkpoint=None, *, height: int, width: int, batch: in
     import torch
 
     return ArtifactMetadata(
-        arch=model.cfg.name, num_classes=model.num_classes, class_names=tuple(class_names or ()),
+        arch=model.cfg.name, variant=model.variant, num_classes=model.num_classes, class_names=tuple(class_names or ()),
         input_height=None if dynamic else height, input_width=None if dynamic else width,
         batch=None if dynamic else batch, dynamic=dynamic, opt_height=height, opt_width=width,
         precision=precision, classifier_bias=model.conv_out.conv_out.bias is not None,

@@ -194,7 +194,7 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
         versions=_onnx_versions())
     set_onnx_metadata(proto, metadata)
     proto.producer_name, proto.producer_version = "stdc-deploy", __version__
-    proto.graph.name = f"{model.cfg.name}_seg"
+    proto.graph.name = f"{model.cfg.model_name}_seg"
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:

@@ -4,6 +4,11 @@ Module names follow the official checkpoints (``cp.backbone.features.N.conv_list
 ``cp.arm32``, ``ffm.convblk`` ...), so official weights load after dropping only
 what this model deliberately omits (backbone aliases, the ImageNet head).
 
+The fork's speed variants are data in :class:`~stdc_deploy.models.config.ArchConfig`:
+``head_channels`` (fusion module and head width, 128 for ``cut`` and ``del``) and
+``context_stride`` (16 for ``del``: no 1/32 stage; the global context and the attention
+refinement come from the 1/16 features).
+
 Export-ready by construction: BatchNorm2d instead of InPlaceABN, global pooling as a
 mean (ONNX ReduceMean), every resize takes its size from a tensor, so any input size
 and dynamic shapes work.
@@ -66,7 +71,8 @@ class CatBottleneck(nn.Module):
 class STDCNet(nn.Module):
     """The STDC backbone, segmentation part only (no ImageNet head, no stage aliases).
 
-    ``forward`` returns the features at strides 2, 4, 8, 16 and 32.
+    ``forward`` returns the features at strides 2, 4, 8, 16 and (unless the variant stops
+    at 1/16) 32.
     """
 
     def __init__(self, cfg: ArchConfig):
@@ -75,14 +81,14 @@ class STDCNet(nn.Module):
         blocks: list[nn.Module] = [ConvBNReLU(3, base // 2, 3, 2), ConvBNReLU(base // 2, base, 3, 2)]
         in_ch = base
         self.stage_ends = [1, 2]  # exclusive end index in `features` of feat2, feat4, ...
-        for stage, depth in enumerate(cfg.layers):
+        for stage, depth in enumerate(cfg.stages):
             out_ch = base * 4 * 2**stage
             for j in range(depth):
                 blocks.append(CatBottleneck(in_ch, out_ch, cfg.block_num, 2 if j == 0 else 1))
                 in_ch = out_ch
             self.stage_ends.append(len(blocks))
         self.features = nn.Sequential(*blocks)
-        self.out_channels = (base // 2, base, base * 4, base * 8, base * 16)
+        self.out_channels = (base // 2, base, *(base * 4 * 2**stage for stage in range(len(cfg.stages))))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -108,24 +114,43 @@ class AttentionRefinementModule(nn.Module):
 
 
 class ContextPath(nn.Module):
+    """Attention refinement of the deepest stages plus a global context vector.
+
+    ``context_stride`` 32 (official): global mean of feat32 -> ``conv_avg``, added to
+    ``arm32(feat32)``, resized to 1/16 -> ``conv_head32``, added to ``arm16(feat16)``,
+    resized to 1/8 -> ``conv_head16``. ``context_stride`` 16 (``del``): global mean of
+    feat16 -> ``conv_avg``, added to ``arm16(feat16)``, resized to 1/8 -> ``conv_head16``.
+    """
+
     def __init__(self, cfg: ArchConfig):
         super().__init__()
         self.backbone = STDCNet(cfg)
-        c16, c32 = self.backbone.out_channels[3:]
-        self.arm16 = AttentionRefinementModule(c16, 128)
-        self.arm32 = AttentionRefinementModule(c32, 128)
-        self.conv_head32 = ConvBNReLU(128, 128, 3)
+        channels = self.backbone.out_channels
+        self.deep = cfg.context_stride == 32
+        self.arm16 = AttentionRefinementModule(channels[3], 128)
+        if self.deep:
+            self.arm32 = AttentionRefinementModule(channels[4], 128)
+            self.conv_head32 = ConvBNReLU(128, 128, 3)
         self.conv_head16 = ConvBNReLU(128, 128, 3)
-        self.conv_avg = ConvBNReLU(c32, 128, 1)
+        self.conv_avg = ConvBNReLU(channels[-1], 128, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feat2, feat4, feat8, feat16, feat32 = self.backbone(x)
-        avg = self.conv_avg(global_mean(feat32))  # (N, 128, 1, 1): broadcasts over feat32
-        feat32_up = F.interpolate(self.arm32(feat32) + avg, size=feat16.shape[-2:], mode="nearest")
-        feat32_up = self.conv_head32(feat32_up)
-        feat16_up = F.interpolate(self.arm16(feat16) + feat32_up, size=feat8.shape[-2:], mode="nearest")
-        feat16_up = self.conv_head16(feat16_up)
-        return feat2, feat4, feat8, feat16, feat16_up, feat32_up
+        """feat2, feat4, feat8, feat16, feat16_up (1/8) and feat32_up (1/16; absent when
+        the variant has no 1/32 stage)."""
+        feats = self.backbone(x)
+        feat2, feat4, feat8, feat16 = feats[:4]
+        avg = self.conv_avg(global_mean(feats[-1]))  # (N, 128, 1, 1): broadcasts over the deepest map
+        if self.deep:
+            feat32 = feats[4]
+            feat32_up = F.interpolate(self.arm32(feat32) + avg, size=feat16.shape[-2:], mode="nearest")
+            feat32_up = self.conv_head32(feat32_up)
+            feat16_sum = self.arm16(feat16) + feat32_up
+        else:
+            feat16_sum = self.arm16(feat16) + avg
+        feat16_up = self.conv_head16(F.interpolate(feat16_sum, size=feat8.shape[-2:], mode="nearest"))
+        if self.deep:
+            return feat2, feat4, feat8, feat16, feat16_up, feat32_up
+        return feat2, feat4, feat8, feat16, feat16_up
 
 
 class FeatureFusionModule(nn.Module):
@@ -154,6 +179,7 @@ class SegHead(nn.Module):
 
 
 AUX_HEADS = ("conv_out16", "conv_out32", "conv_out_sp2", "conv_out_sp4", "conv_out_sp8", "conv_out_sp16")
+# conv_out32 exists only where the network has a 1/32 stage
 
 
 class STDCSeg(nn.Module):
@@ -161,7 +187,7 @@ class STDCSeg(nn.Module):
     align_corners=True), the output of the official model's inference path.
 
     Args:
-        cfg: the backbone variant.
+        cfg: the network (backbone and head variant; ``self.variant`` names the latter).
         num_classes: classifier outputs.
         classifier_bias: a bias on the final 1x1 conv (MMSeg checkpoints have one).
         aux_heads: also build the training-only heads (context and detail heads); they
@@ -172,22 +198,24 @@ class STDCSeg(nn.Module):
                  aux_heads: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.variant = cfg.variant  # "plain", "cut" or "del"
         self.num_classes = num_classes
         self.cp = ContextPath(cfg)
-        c2, c4, c8, c16, _ = self.cp.backbone.out_channels
-        self.ffm = FeatureFusionModule(c8 + 128, 256)
-        self.conv_out = SegHead(256, 256, num_classes, bias=classifier_bias)
+        c2, c4, c8, c16 = self.cp.backbone.out_channels[:4]
+        self.ffm = FeatureFusionModule(c8 + 128, cfg.head_channels)
+        self.conv_out = SegHead(cfg.head_channels, cfg.head_channels, num_classes, bias=classifier_bias)
         self.aux_heads = aux_heads
         if aux_heads:
             self.conv_out16 = SegHead(128, 64, num_classes)
-            self.conv_out32 = SegHead(128, 64, num_classes)
+            if self.cp.deep:
+                self.conv_out32 = SegHead(128, 64, num_classes)
             self.conv_out_sp2 = SegHead(c2, 64, 1)
             self.conv_out_sp4 = SegHead(c4, 64, 1)
             self.conv_out_sp8 = SegHead(c8, 64, 1)
             self.conv_out_sp16 = SegHead(c16, 64, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, feat8, _, feat16_up, _ = self.cp(x)
+        _, _, feat8, _, feat16_up, *_ = self.cp(x)
         logits = self.conv_out(self.ffm(feat8, feat16_up))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
 
@@ -195,21 +223,24 @@ class STDCSeg(nn.Module):
         """Every head's output, as the official training forward computes them.
 
         Context heads are upsampled to the input size; detail heads stay at their stride.
+        Without a 1/32 stage (``del``) there is no ``logits32``.
         """
         if not self.aux_heads:
             raise RuntimeError("forward_aux needs a model built with aux_heads=True")
-        feat2, feat4, feat8, feat16, feat16_up, feat32_up = self.cp(x)
+        feat2, feat4, feat8, feat16, feat16_up, *deep = self.cp(x)
         size = x.shape[-2:]
 
         def up(t: torch.Tensor) -> torch.Tensor:
             return F.interpolate(t, size=size, mode="bilinear", align_corners=True)
 
-        return {
+        outs = {
             "logits": up(self.conv_out(self.ffm(feat8, feat16_up))),
             "logits16": up(self.conv_out16(feat16_up)),
-            "logits32": up(self.conv_out32(feat32_up)),
             "detail2": self.conv_out_sp2(feat2),
             "detail4": self.conv_out_sp4(feat4),
             "detail8": self.conv_out_sp8(feat8),
             "detail16": self.conv_out_sp16(feat16),
         }
+        if deep:
+            outs["logits32"] = up(self.conv_out32(deep[0]))
+        return outs
