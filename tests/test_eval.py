@@ -6,8 +6,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from stdc_deploy.checkpoint import load_model
@@ -24,8 +22,9 @@ from stdc_deploy.evaluate import (
     update_confusion,
 )
 from stdc_deploy.export import OnnxExportOptions, export_onnx
-from stdc_deploy.models import IMAGENET_MEAN, IMAGENET_STD
 from stdc_deploy.synthetic import random_model, synthetic_images
+
+from official_pipeline import official_prediction as reference_prediction
 
 IMAGE = (128, 256)  # "full resolution" of the synthetic dataset
 NET = (64, 128)  # scale 0.5
@@ -40,17 +39,8 @@ def model_and_onnx(official_checkpoints, tmp_path_factory):
     return model, path
 
 
-def official_prediction(model, image_bgr: np.ndarray, size=NET) -> np.ndarray:
-    """Independent implementation of the official evaluation protocol (float64 reference
-    steps done with torch, as the official evaluation.py)."""
-    rgb = image_bgr[:, :, ::-1].astype(np.float32) / 255.0
-    x = torch.from_numpy(((rgb - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32))
-                         .transpose(2, 0, 1).copy())[None]
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-    with torch.no_grad():
-        logits = model(x)
-    logits = F.interpolate(logits, size=image_bgr.shape[:2], mode="bilinear", align_corners=True)
-    return logits.argmax(1)[0].numpy().astype(np.uint8)
+def _official_prediction(model, image_bgr: np.ndarray, size=NET) -> np.ndarray:
+    return reference_prediction(model, image_bgr, size)
 
 
 def make_cityscapes(root: Path, model, *, corrupt: bool) -> dict:
@@ -64,7 +54,7 @@ def make_cityscapes(root: Path, model, *, corrupt: bool) -> dict:
         for i in range(count):
             name = f"{city}_000000_{i:06d}"
             image = next(images)
-            train = official_prediction(model, image)
+            train = _official_prediction(model, image)
             if corrupt:
                 train[10:60, 20:120] = rng.integers(0, 19, (50, 100))
             label_ids = TRAIN_TO_LABEL[train]
@@ -140,7 +130,7 @@ def test_corrupted_labels_match_an_independent_computation(model_and_onnx, tmp_p
     assert 0.2 < miou < 0.99  # the corruption really costs accuracy
     # and the saved predictions are the official protocol's (independent PyTorch implementation)
     agreement = np.mean([np.mean(LABEL_TO_TRAIN[cv2.imread(str(preds / n.split("_")[0] / f"{n}_pred_labelIds.png"),
-                                                           cv2.IMREAD_UNCHANGED)] == official_prediction(model, im))
+                                                           cv2.IMREAD_UNCHANGED)] == _official_prediction(model, im))
                          for n, (im, _) in truth.items()])
     assert agreement > 0.999
 
@@ -167,12 +157,12 @@ def test_generic_layout(model_and_onnx, tmp_path):
     masks.mkdir()
     pairs = []
     for i, image in enumerate(synthetic_images(2, 96, 160, seed=3)):
-        truth = official_prediction(model, image)
+        truth = _official_prediction(model, image)
         truth[:5] = 255
         truth[40:50, 40:90] = 3
         cv2.imwrite(str(images / f"f{i}.jpg"), image)
         cv2.imwrite(str(masks / f"f{i}.png"), truth)
-        pairs.append((official_prediction(model, cv2.imread(str(images / f"f{i}.jpg"))), truth))
+        pairs.append((_official_prediction(model, cv2.imread(str(images / f"f{i}.jpg"))), truth))
     out = tmp_path / "g.json"
     result = run_eval(["--model", str(onnx_path), "--images", str(images), "--masks", str(masks), "--num-classes",
                        "19", "--json", str(out)])

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from stdc_deploy.checkpoint import load_model
 from stdc_deploy.cli import app
 from stdc_deploy.export import OnnxExportOptions, export_onnx
-from stdc_deploy.models import IMAGENET_MEAN, IMAGENET_STD
 from stdc_deploy.preprocess import normalize
 from stdc_deploy.segmenter import Segmenter
 from stdc_deploy.synthetic import synthetic_images
+
+from official_pipeline import official_prediction
 
 NET = (64, 128)
 IMAGE = (128, 256)
@@ -34,16 +35,7 @@ def exported(official_checkpoints, tmp_path_factory):
 
 
 def torch_official(model, image_bgr: np.ndarray, size=NET) -> np.ndarray:
-    """An independent float implementation of the official evaluation: normalise at full
-    size, align_corners=True resize in, logits, align_corners=True resize out, argmax."""
-    rgb = image_bgr[:, :, ::-1].astype(np.float32) / 255.0
-    x = torch.from_numpy(((rgb - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32))
-                         .transpose(2, 0, 1).copy())[None]
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-    with torch.no_grad():
-        logits = model(x)
-    logits = F.interpolate(logits, size=image_bgr.shape[:2], mode="bilinear", align_corners=True)
-    return logits.argmax(1)[0].numpy().astype(np.uint8)
+    return official_prediction(model, image_bgr, size)
 
 
 @pytest.mark.parametrize("shape, size", [((1024, 2048), (512, 1024)), ((37, 53), (64, 128)), ((90, 150), (64, 128))])

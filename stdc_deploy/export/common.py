@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..core.artifacts import KIND_NAMES, KINDS
+from ..core.artifacts import KIND_NAMES, KINDS, read_onnx_metadata
 from ..core.fileio import atomic_output, check_outputs
 from ..core.metadata import IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE, MIN_SIDE, ArtifactMetadata
-from ..errors import ExportError, InvalidValue
+from ..errors import ExportError, InvalidValue, StdcError
 from ..parity import Parity, Tolerance, compare_logits
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,15 @@ def check_input_size(height: int, width: int) -> None:
     """Refuse an input size outside ``MIN_SIDE..MAX_SIDE`` per side (parameter ``size``)."""
     if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
         raise InvalidValue("size", f"{height}x{width} is out of range: each side must be within {MIN_SIDE}..{MAX_SIDE}")
+
+
+def read_fp32_onnx_metadata(path: str | os.PathLike, purpose: str) -> ArtifactMetadata:
+    """The metadata of an FP32 ONNX export; ``purpose`` ("quantize an FP32 export") is the
+    error for any other precision. ONNX-to-ONNX steps start from FP32 only."""
+    metadata = read_onnx_metadata(path)
+    if metadata.precision != "fp32":
+        raise StdcError(f"{purpose} (this one is {metadata.precision})", path)
+    return metadata
 
 
 def check_export_output(output: str | os.PathLike, kind: str, inputs: Iterable[str | os.PathLike | None] = (),

@@ -11,10 +11,10 @@ import os
 import time
 from pathlib import Path
 
-from ..core.artifacts import read_onnx_metadata
-from ..errors import ExportError, StdcError
+from ..errors import ExportError
 from ..parity import Tolerance, default_tolerance
 from .common import (
+    read_fp32_onnx_metadata,
     ExportResult,
     check_export_output,
     compare_runs,
@@ -86,9 +86,7 @@ def convert_onnx_fp16(onnx_path: str | os.PathLike, target: str | os.PathLike,
     onnx_path = Path(onnx_path)
     target = check_export_output(target, "onnx", [onnx_path])
     start = time.perf_counter()
-    meta = read_onnx_metadata(onnx_path)
-    if meta.precision != "fp32":
-        raise StdcError(f"convert an FP32 export to FP16 (this one is {meta.precision})", onnx_path)
+    meta = read_fp32_onnx_metadata(onnx_path, "convert an FP32 export to FP16")
     proto = to_fp16(onnx.load(str(onnx_path)))
     metadata = dataclasses.replace(meta, precision="fp16", opset=onnx_opset(proto))
     set_onnx_metadata(proto, metadata)

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.artifacts import read_onnx_metadata
 from ..errors import ExportError, InvalidValue, StdcError
 from ..parity import compare_logits
 from ..preprocess import normalize
 from ..sources import IMAGE_SUFFIXES, read_image
-from .common import ExportResult, check_export_output, onnx_opset, onnx_runner, set_onnx_metadata, write_verified
+from .common import ExportResult, check_export_output, read_fp32_onnx_metadata, onnx_opset, onnx_runner, set_onnx_metadata, write_verified
 from .quiet import quiet_exporter
 
 METHODS = ("entropy", "minmax", "percentile")
@@ -98,9 +97,7 @@ def quantize_onnx(model: str | os.PathLike, calib_dir: str | os.PathLike, output
     model = Path(model)
     output = check_export_output(output, "onnx", [model])
     start = time.perf_counter()
-    metadata = read_onnx_metadata(model)
-    if metadata.precision != "fp32":
-        raise StdcError(f"quantize an FP32 export (this one is {metadata.precision})", model)
+    metadata = read_fp32_onnx_metadata(model, "quantize an FP32 export")
     size = (metadata.input_height or metadata.opt_height, metadata.input_width or metadata.opt_width)
     calib, holdout, skipped = calibration_images(Path(calib_dir), options)
 
