@@ -10,17 +10,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from .backends import open_backend
 from .checkpoint import load_model
-from .synthetic import to_official_state_dict
 from .export import OnnxExportOptions, OnnxExportResult, export_onnx
 from .core.fileio import atomic_output
 from .preprocess import normalize
-from .synthetic import random_model, synthetic_images
+from .outputs import write_image
+from .synthetic import random_model, synthetic_images, to_official_state_dict
 from .visualize import overlay
 
 
@@ -32,14 +31,6 @@ class DemoResult:
     overlay: Path
     latency_ms: float  # median ONNX Runtime latency per frame, model only
     runs: int
-
-
-def _write_image(path: Path, image: np.ndarray) -> None:
-    with atomic_output(path) as tmp:
-        ok, data = cv2.imencode(path.suffix, image)
-        if not ok:
-            raise OSError(f"cannot encode {path}")
-        tmp.write_bytes(data.tobytes())
 
 
 def run_demo(arch: str = "stdc1", size: tuple[int, int] = (512, 1024), out_dir: str | Path = "models",
@@ -64,6 +55,6 @@ def run_demo(arch: str = "stdc1", size: tuple[int, int] = (512, 1024), out_dir: 
             times.append(time.perf_counter() - start)
     labels = logits[0].argmax(0)
     frame_path, overlay_path = out_dir / f"demo-{arch}-frame.png", out_dir / f"demo-{arch}-overlay.png"
-    _write_image(frame_path, frame)
-    _write_image(overlay_path, overlay(frame, labels, info.num_classes))
+    write_image(frame_path, frame)
+    write_image(overlay_path, overlay(frame, labels, info.num_classes))
     return DemoResult(checkpoint, export, frame_path, overlay_path, float(np.median(times) * 1e3), len(times))

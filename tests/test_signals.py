@@ -38,7 +38,7 @@ def run_and_signal(official_checkpoints, tmp_path, signals: list[int]) -> tuple[
     video = write_video(tmp_path / "long.mp4")
     out = tmp_path / "out"
     # the checkpoint runs in PyTorch at a small size: slow enough to interrupt mid-video
-    command = [sys.executable, "-m", "stdc_deploy.cli", "infer", str(video), "-m", str(official_checkpoints["stdc1"]),
+    command = [sys.executable, "-m", "stdc_deploy", "infer", str(video), "-m", str(official_checkpoints["stdc1"]),
                "--size", "64x128", "-d", str(out), "--no-progress"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
