@@ -62,14 +62,18 @@ class Segmenter:
     owned and closed by :meth:`close`. ``size`` (height, width) sets the network input
     for dynamic artifacts (default: the size the artifact was exported and verified at).
     ``protocol`` (``official`` or ``fast``, see :mod:`stdc_deploy.preprocess`) is the
-    default for every call; each call may name another.
+    default for every call; each call may name another. ``precision="auto"`` takes the
+    fastest CPU path of known accuracy cost (``backend.cpu_path`` says which and why);
+    ``threads`` sets the runtime's CPU threads (default: every usable core).
     """
 
     def __init__(self, model: str | Path | Backend, *, backend: str | None = None, device: str | None = None,
-                 precision: str = "fp32", size: tuple[int, int] | None = None, protocol: str = "official"):
+                 precision: str = "fp32", size: tuple[int, int] | None = None, protocol: str = "official",
+                 threads: int | None = None):
         self.protocol = check_protocol(protocol)
         self._owns_backend = not isinstance(model, Backend)
-        self.backend = open_backend(model, backend, device, precision) if self._owns_backend else model.open()
+        self.backend = (open_backend(model, backend, device, precision, threads) if self._owns_backend
+                        else model.open())
         self.metadata = self.backend.metadata
         spec = self.backend.input_spec
         if spec.height is not None and spec.width is not None:

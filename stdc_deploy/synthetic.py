@@ -97,22 +97,37 @@ def to_official_state_dict(model: STDCSeg) -> dict[str, torch.Tensor]:
     Adds the backbone stage aliases and an ImageNet head (zeros and identity statistics: the
     official model carries one, unused for segmentation), drops the ``num_batches_tracked``
     counters that InPlaceABN layers do not have, and stores head BatchNorm weights as
-    InPlaceABN holds them (``weight - eps``; see
-    :func:`stdc_deploy.checkpoint.inplace_abn_layers`). Needs a model built with
+    InPlaceABN holds them: it scales by ``|weight| + eps`` (see
+    :func:`stdc_deploy.checkpoint.inplace_abn_layers`), so ``weight - eps`` is stored. A
+    negative BatchNorm weight has no such form; its channel is flipped instead (the sign of
+    the bias-free conv before it, of the running mean and of the weight), which computes the
+    same function. Weights within ``eps`` of zero become ``eps``. Needs a model built with
     ``aux_heads=True`` (official checkpoints always hold those heads).
     """
     _check_training_heads(model, "official")
     if model.variant != "plain":
         raise ValueError(f"the official code has no {model.variant} variant: use to_fork_state_dict")
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()
+    sd = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
           if not (k.endswith("num_batches_tracked") and not k.startswith("cp.backbone."))}
-    # the head's BatchNorms were InPlaceABNSync there, which scales by |weight| + eps
     for layer in inplace_abn_layers(sd):
         weight = sd[f"{layer}.weight"]
-        if bool((weight < INPLACE_ABN_EPS).any()):
-            raise ValueError(f"{layer}: BatchNorm weights below {INPLACE_ABN_EPS} have no InPlaceABN equivalent")
-        sd[f"{layer}.weight"] = weight - INPLACE_ABN_EPS
+        negative = weight < 0
+        if bool(negative.any()):
+            conv = _conv_before(layer)
+            sd[conv][negative] *= -1
+            sd[f"{layer}.running_mean"][negative] *= -1
+            weight[negative] *= -1
+        sd[f"{layer}.weight"] = weight.clamp(min=INPLACE_ABN_EPS) - INPLACE_ABN_EPS
     return _with_backbone_extras(sd, model)
+
+
+def _conv_before(bn_layer: str) -> str:
+    """The weight of the bias-free conv whose output a head BatchNorm normalises."""
+    if bn_layer.endswith(".bn_atten"):
+        return bn_layer[: -len("bn_atten")] + "conv_atten.weight"
+    if bn_layer.endswith(".bn"):
+        return bn_layer[: -len("bn")] + "conv.weight"
+    raise ValueError(f"no conv known before {bn_layer}")
 
 
 def to_fork_state_dict(model: STDCSeg, seed: int = 0) -> dict[str, torch.Tensor]:

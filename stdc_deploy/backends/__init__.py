@@ -32,8 +32,9 @@ _REGISTRY = {
 }
 BACKEND_NAMES = tuple(_REGISTRY)
 _RUNTIME_NAMES = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "tensorrt": "TensorRT"}
-# per artifact kind, in order of preference (measured on CPU: ONNX Runtime FP32 is faster
-# than OpenVINO FP32 on this project's machines; OpenVINO BF16 is offered as a precision)
+# per artifact kind, in order of preference (measured on CPU, STDC1 512x1024: ONNX Runtime
+# and OpenVINO run FP32 at about the same speed; OpenVINO runs BF16 and INT8 Q/DQ files
+# much faster, which `--precision auto` (backends/cpu.py) chooses)
 BACKENDS_FOR_KIND = {"checkpoint": ("torch",), "torchscript": ("torch",), "pt2": ("torch",),
                      "onnx": ("onnxruntime", "openvino", "onnxruntime-trt"),
                      "engine": ("tensorrt",)}
@@ -93,16 +94,27 @@ def _missing(backend: str, path: Path) -> MissingDependencyError:
 
 
 def create_backend(artifact: str | Path, backend: str | None = None, device: str | None = None,
-                   precision: str = "fp32") -> Backend:
+                   precision: str = "fp32", threads: int | None = None) -> Backend:
     """The backend for ``artifact``, not yet opened (``open()`` it, or use :func:`open_backend`).
 
-    Without ``backend`` the fastest installed one for the artifact, device and precision
-    is chosen.
+    Without ``backend`` the first installed one for the artifact, device and precision is
+    chosen (:data:`BACKENDS_FOR_KIND`). ``threads``: CPU threads for the runtime (default:
+    every core this process may use). ``precision="auto"``: the fastest CPU path whose
+    accuracy cost is known (:mod:`~stdc_deploy.backends.cpu`; it may run an INT8 file
+    quantized from ``artifact``); the backend's ``cpu_path`` says what was chosen and why.
     """
+    if precision == "auto":
+        from .cpu import resolve_precision
+
+        artifact, backend, precision, choice = resolve_precision(artifact, "auto", device, backend)
+        created = create_backend(artifact, backend, device, precision, threads)
+        created.cpu_path = choice
+        return created
     path = check_artifact_file(artifact)
     kind = artifact_kind(path)
     if precision not in PRECISIONS:
-        raise InvalidValue("precision", f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise InvalidValue("precision", f"unknown precision {precision!r}; choose one of "
+                                        f"{', '.join(PRECISIONS)} or auto")
     device = device or default_device(kind)
     if backend is None:
         installed = available_backends(kind)
@@ -121,13 +133,13 @@ def create_backend(artifact: str | Path, backend: str | None = None, device: str
                                       f"{', '.join(BACKENDS_FOR_KIND[kind])})", path)
     if not is_installed(backend):
         raise _missing(backend, path)
-    return cls(path, read_metadata(path), device=device, precision=precision)
+    return cls(path, read_metadata(path), device=device, precision=precision, threads=threads)
 
 
 def open_backend(artifact: str | Path, backend: str | None = None, device: str | None = None,
-                 precision: str = "fp32") -> Backend:
+                 precision: str = "fp32", threads: int | None = None) -> Backend:
     """:func:`create_backend`, opened; close it, or use it as a context manager."""
-    return create_backend(artifact, backend, device, precision).open()
+    return create_backend(artifact, backend, device, precision, threads).open()
 
 
 KIND_LABEL = {"checkpoint": "checkpoint", "torchscript": "TorchScript", "pt2": ".pt2", "onnx": "ONNX",

@@ -23,10 +23,11 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..errors import StdcError
+from ..errors import InvalidValue, StdcError
 from ..core.metadata import ArtifactMetadata
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,12 @@ class Backend(abc.ABC):
     name: ClassVar[str]
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    cpu_path = None  # what `precision="auto"` chose (a backends.cpu.CpuPath), else None
 
     def __init__(self, artifact: str | Path, metadata: ArtifactMetadata, *, device: str = "cpu",
-                 precision: str = "fp32"):
+                 precision: str = "fp32", threads: int | None = None):
+        if threads is not None and not 1 <= threads <= MAX_THREADS:
+            raise InvalidValue("threads", f"must be within 1..{MAX_THREADS}, got {threads}")
         if device.split(":")[0] not in self.devices:
             raise StdcError(f"backend {self.name} runs on {', '.join(self.devices)}, not {device}")
         if precision not in self.precisions:
@@ -67,6 +71,7 @@ class Backend(abc.ABC):
         self.metadata = metadata
         self.device = device
         self.precision = precision
+        self.threads = threads  # CPU threads for the runtime; None: every core this process may use
         self.is_open = False
 
     @property
@@ -125,8 +130,15 @@ class Backend(abc.ABC):
         artifact's own precision (an FP16 ONNX file runs FP16 with precision "fp32")."""
         return self.precision if self.precision != "fp32" else self.metadata.precision
 
+    def cpu_threads(self) -> int:
+        """The CPU threads the runtime gets: ``threads``, else every usable core."""
+        from .cpu import usable_cores
+
+        return self.threads or usable_cores()
+
     def describe(self) -> str:
-        return f"{self.name} ({self.device}, {self.effective_precision}) on {self.artifact.name}"
+        threads = f", {self.cpu_threads()} threads" if self.device == "cpu" else ""
+        return f"{self.name} ({self.device}, {self.effective_precision}{threads}) on {self.artifact.name}"
 
     @abc.abstractmethod
     def _open(self) -> None: ...

@@ -9,6 +9,16 @@ from ..optional import require
 from .base import Backend
 
 
+# Settings measured on STDC1 512x1024, 2-core AVX-512 CPU (interleaved runs with a pause
+# between sessions; README, "CPU"): ORT_ENABLE_ALL (the default) is 1.5x faster than
+# ORT_ENABLE_BASIC; turning the memory arena off is about 2x slower; idle pool threads
+# spinning (allow_spinning=1) or sleeping (0) time the same, back to back and in blocks of 8
+# runs (103 vs 102 ms). They sleep here, so pipeline threads (decode, pre/post-processing)
+# and other runtimes in the same process get the cores: a spinning pool slowed the session
+# timed right after it by 20% when runs were not separated by a pause.
+CPU_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     devices = ("cpu", "cuda")
@@ -31,9 +41,10 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        # idle pool threads sleep instead of spinning: model-only speed is unchanged on this
-        # project's CPUs, and pipeline threads (decode, pre/post-processing) get the cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if not self.device.startswith("cuda"):
+            options.intra_op_num_threads = self.cpu_threads()
+        for key, value in CPU_SESSION_CONFIG.items():
+            options.add_session_config_entry(key, value)
         providers = self._providers(ort)
         try:
             self._session = ort.InferenceSession(str(self.artifact), options, providers=providers)

@@ -17,7 +17,7 @@ def write_json(report: BenchReport, path: Path) -> None:
 
 CSV_COLUMNS = ("model", "arch", "height", "width", "batch", "backend", "device", "precision", "mode", "cuda_graph",
                "iters", "mean_ms", "p50_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "fps", "peak_rss_mb",
-               "gpu_peak_mb", "paper_fps")
+               "gpu_peak_mb", "paper_fps", "path", "vs_reference", "label_agreement")
 
 
 def write_csv(report: BenchReport, path: Path) -> None:

@@ -51,6 +51,9 @@ class BenchRow:
     gpu_peak_mb: float | None = None
     paper_fps: float | None = None
     cuda_graph: bool = False
+    path: str | None = None  # --cpu-paths: which path (the reference is the hand export)
+    vs_reference: float | None = None  # --cpu-paths: reference p50 latency / this row's
+    label_agreement: float | None = None  # --cpu-paths: labels equal to the FP32 export's, 0-1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,10 +99,12 @@ class BenchReport:
     environment: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     reference: list[dict] = field(default_factory=list)  # bare ONNX Runtime loops, when requested
+    choices: list[str] = field(default_factory=list)  # what `precision="auto"` chose, one line per backend
 
     def to_json(self) -> dict:
         return {"schema": SCHEMA, "paper_setup": PAPER_SETUP, "environment": self.environment,
-                "settings": self.settings, "rows": [r.to_dict() for r in self.rows], "reference": self.reference}
+                "settings": self.settings, "rows": [r.to_dict() for r in self.rows], "reference": self.reference,
+                "choices": self.choices}
 
 
 def bench_backend(backend: Backend, settings: BenchSettings, *, model_name: str, size: tuple[int, int],
@@ -156,11 +161,12 @@ def bare_onnxruntime_fps(onnx_path: Path, batch: np.ndarray, warmup: int, iters:
 
 def run_bench(targets: Sequence[Target], backends: Sequence[str | None], settings: BenchSettings,
               device: str | None = None, precision: str = "fp32", compare_bare: bool = False,
-              on_row: Callable[[BenchRow], None] | None = None) -> BenchReport:
-    """Benchmark every target on every backend (None: the automatic choice)."""
+              on_row: Callable[[BenchRow], None] | None = None, threads: int | None = None) -> BenchReport:
+    """Benchmark every target on every backend (None: the automatic choice). ``threads``:
+    CPU threads per runtime (None: every usable core)."""
     from ..backends import BACKENDS_FOR_KIND
 
-    report = BenchReport(settings={**asdict(settings), "precision": precision})
+    report = BenchReport(settings={**asdict(settings), "precision": precision, "threads": threads})
     devices = set()
     with scratch_dir() as scratch:
         made: dict[tuple[str, str], Path] = {}
@@ -180,7 +186,9 @@ def run_bench(targets: Sequence[Target], backends: Sequence[str | None], setting
                         made[key] = preset_artifact(target.preset, kind, Path(scratch), settings.batch)
                     artifact = made[key]
                 with open_backend(artifact, backend=backend_name, device=backend_device,
-                                  precision=precision) as backend:
+                                  precision=precision, threads=threads) as backend:
+                    if backend.cpu_path is not None:
+                        report.choices.append(backend.cpu_path.describe())
                     devices.add(backend.device)
                     rows = bench_backend(backend, settings, model_name=target.name, size=target.size,
                                          paper_fps=target.paper_fps)

@@ -47,6 +47,35 @@ def time_steps(step: Callable[[], object], warmup: int, iters: int | None, secon
             return samples
 
 
+def time_interleaved(steps: dict[str, Callable[[], object]], warmup: int, iters: int | None,
+                     seconds: float | None, min_iters: int = 3, settle_s: float = 0.02) -> dict[str, list[float]]:
+    """Time several steps round-robin (one run of each per round), so that load from other
+    processes and thermal drift hit every step alike. ``iters``: rounds; ``seconds``: per
+    step, i.e. rounds until ``seconds * len(steps)`` have passed. Each run starts
+    ``settle_s`` after the previous one ends, so that the previous runtime's idle threads
+    (spinning for work, then sleeping) are not timed as the next one's."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    clock = time.perf_counter
+    deadline = None if iters is not None else clock() + (seconds if seconds is not None else 3.0) * len(steps)
+    rounds = 0
+    while True:
+        for name, step in steps.items():
+            if settle_s:
+                time.sleep(settle_s)
+            start = clock()
+            step()
+            samples[name].append(clock() - start)
+        rounds += 1
+        if iters is not None:
+            if rounds >= iters:
+                return samples
+        elif rounds >= min_iters and clock() >= deadline:
+            return samples
+
+
 def model_only_stats(backend, batch: np.ndarray, *, warmup: int = 3, iters: int | None = None,
                      seconds: float | None = 3.0, cuda_graph: bool = False) -> LatencyStats:
     """Model-only latency of an opened backend on one pre-processed ``batch``: the input is

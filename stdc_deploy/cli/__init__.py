@@ -16,6 +16,7 @@ from .eval import eval_command
 from .infer import infer
 from .info import info
 from .quantize import quantize
+from .train import train_command
 from .verify import verify
 
 app = typer.Typer(
@@ -51,6 +52,7 @@ app.command()(quantize)
 app.command()(verify)
 app.command("build-engine")(build_engine_command)
 app.command("eval")(eval_command)
+app.command("train")(train_command)
 app.command()(info)
 app.command()(demo)
 

@@ -10,14 +10,14 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ..bench import MODES, BenchRow, BenchSettings, Target, preset_targets, run_bench
+from ..bench import MODES, BenchReport, BenchRow, BenchSettings, Target, preset_targets, run_bench
 from ..bench.report import write_csv, write_json, write_plot
 from ..core.artifacts import read_metadata
 from ..core.fileio import check_outputs
 from ..errors import StdcError
 from ..models import DEFAULT_PRESETS, PAPER_SETUP, PRESETS, Preset, get_arch
 from ..optional import require
-from .common import OverwriteOption, command, console, parse_size
+from .common import OverwriteOption, PrecisionOption, ThreadsOption, command, console, parse_size
 
 # (header, cell) of every table column; a column whose cells are the same in every row moves
 # to the line above the table, so the common case fits 80 columns
@@ -61,6 +61,57 @@ def bench_table(rows: list[BenchRow]) -> tuple[Table, str]:
     return table, ", ".join(notes)
 
 
+def cpu_paths_table(rows: list[BenchRow]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("path", overflow="fold")
+    for header in ("p50 ms", "mean ms", "FPS", "x hand", "agree %"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for r in rows:
+        table.add_row(Text(r.path or r.backend), f"{r.latency.p50_ms:.1f}", f"{r.latency.mean_ms:.1f}", f"{r.fps:.1f}",
+                      f"{r.vs_reference:.2f}", f"{r.label_agreement * 100:.2f}")
+    return table
+
+
+def _bench_cpu_paths(targets: list[Target], settings: BenchSettings, threads: int | None,
+                     backend: list[str] | None, device: str | None, precision: str) -> BenchReport:
+    """--cpu-paths: every CPU path of each target against its hand export, round-robin."""
+    from ..bench.cpu_paths import run_cpu_paths
+    from ..synthetic import random_model
+
+    if backend or (device and device != "cpu") or precision != "fp32":
+        raise StdcError("--cpu-paths times every CPU backend and precision itself; leave out --backend, --device "
+                        "and --precision")
+    combined = BenchReport()
+    for target in targets:
+        if target.artifact is not None:
+            from ..core.artifacts import artifact_kind
+            from ..checkpoint import load_model
+
+            if artifact_kind(target.artifact) != "checkpoint":
+                raise StdcError("--cpu-paths makes the hand export from PyTorch weights: give a checkpoint, "
+                                "--arch or --preset", target.artifact)
+            network, _ = load_model(target.artifact)
+        else:
+            network = random_model(target.preset.arch, seed=0, aux_heads=False, calib_size=(64, 128), calib_images=8,
+                                   variant=target.preset.variant).eval()
+        console.print(f"{target.name}: exporting by hand and with stdc, quantizing, then timing round-robin "
+                      f"({settings.describe('cpu')}, every path once per round)")
+        report, skipped = run_cpu_paths(network, name=target.name, size=target.size, settings=settings,
+                                        threads=threads)
+        combined.rows.extend(report.rows)
+        combined.settings, combined.environment = report.settings, report.environment
+        h, w = target.size
+        console.print(Text(f"stdc bench --cpu-paths: {target.name} {h}x{w}, batch {settings.batch}, model-only, "
+                           f"{report.settings.get('threads') or 'all'} threads; x hand = hand-export p50 / path p50"))
+        console.print(cpu_paths_table(report.rows))
+        for note in skipped:
+            console.print(f"left out: {note}")
+        env = report.environment
+        console.print(f"environment: {env['cpu']} ({env['cpu_count']} logical CPUs); "
+                      + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    return combined
+
+
 def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -82,7 +133,11 @@ def bench(
     backend: Annotated[list[str] | None, typer.Option(
         "--backend", help="Repeat to compare: torch, onnxruntime, openvino (default: the fastest available).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N.")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (PyTorch CUDA) or bf16 (OpenVINO CPU).")] = "fp32",
+    precision: PrecisionOption = "fp32",
+    threads: ThreadsOption = None,
+    cpu_paths: Annotated[bool, typer.Option(
+        "--cpu-paths", help="Time every CPU path (ORT/OpenVINO, FP32/BF16/INT8) against a hand torch.onnx export of "
+                            "the same weights, round-robin, with speed ratios (default preset: stdc1-seg50).")] = False,
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Frames per step; FPS counts frames.")] = 1,
     warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Untimed runs first (default 3 on CPU, 20 on GPU).")] = None,
     iters: Annotated[int | None, typer.Option("--iters", min=1, help="Timed runs per row.")] = None,
@@ -126,7 +181,14 @@ def bench(
         name = f"{cfg.model_name}-{h}x{w}"
         targets = [Target(name, (h, w), preset=Preset(name, cfg.name, h, w, variant=cfg.variant))]
     else:
-        targets = preset_targets(preset or list(DEFAULT_PRESETS))
+        targets = preset_targets(preset or (["stdc1-seg50"] if cpu_paths else list(DEFAULT_PRESETS)))
+    if cpu_paths:
+        report = _bench_cpu_paths(targets, settings, threads, backend, device, precision)
+        for path, write in ((json_path, write_json), (csv_path, write_csv), (plot, write_plot)):
+            if path is not None:
+                write(report, path)
+                console.print(f"wrote {path}")
+        return
     backends = list(dict.fromkeys(backend)) if backend else [None]
 
     def on_row(row: BenchRow) -> None:
@@ -135,7 +197,9 @@ def bench(
 
     console.print(f"timing {len(targets)} model(s) x {len(backends)} backend(s) on {device or 'the default device'}")
     report = run_bench(targets, backends, settings, device=device, precision=precision,
-                       compare_bare=compare_bare, on_row=on_row)
+                       compare_bare=compare_bare, on_row=on_row, threads=threads)
+    for line in dict.fromkeys(report.choices):
+        console.print(line)
     table, setup = bench_table(report.rows)
     console.print(Text(f"stdc bench: {setup}" if setup else "stdc bench"))
     console.print(table)

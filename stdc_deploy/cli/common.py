@@ -138,6 +138,12 @@ RtolOption = Annotated[float | None, typer.Option("--rtol", min=0.0, help="See -
 MinAgreementOption = Annotated[float | None, typer.Option(
     "--min-agreement", min=0.0, max=1.0, help="Smallest allowed label agreement, 0-1 (default fp32 0.9995, fp16/bf16 0.98, "
                                               "int8 0.90).")]
+ThreadsOption = Annotated[int | None, typer.Option(
+    "--threads", min=1, max=1024, help="CPU threads for the runtime (default: every core this process may use).")]
+PrecisionOption = Annotated[str, typer.Option(
+    "--precision", help="fp32; auto (the fastest CPU path of known accuracy: an INT8 file quantized from the model "
+                        "by `stdc quantize`, else OpenVINO bf16 on CPUs with native bf16, else fp32; one line says "
+                        "which); bf16 (OpenVINO); fp16 (PyTorch CUDA).")]
 BACKEND_HELP = "torch, onnxruntime, openvino, onnxruntime-trt or tensorrt (default: the fastest available for the model and device)."
 
 

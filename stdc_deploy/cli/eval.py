@@ -16,7 +16,7 @@ from ..backends import open_backend
 from ..errors import StdcError
 from ..evaluate import Scores, cityscapes_dataset, evaluate, generic_dataset
 from ..core.fileio import atomic_write_bytes, check_outputs, check_writable_dir
-from .common import OverwriteOption, command, console, err_console, print_error, styled
+from .common import OverwriteOption, PrecisionOption, ThreadsOption, command, console, err_console, print_error, styled
 
 MIN_SCALE, MAX_SCALE = 0.05, 4.0  # --scale
 
@@ -48,7 +48,8 @@ def eval_command(
              "Default: the model's own input size.")] = None,
     backend: Annotated[str | None, typer.Option("--backend", help="torch, onnxruntime or openvino.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N.")] = None,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, fp16 (PyTorch CUDA), bf16 (OpenVINO).")] = "fp32",
+    precision: PrecisionOption = "fp32",
+    threads: ThreadsOption = None,
     max_images: Annotated[int | None, typer.Option("--max-images", "--limit", min=1,
                                                    help="Only the first N images.")] = None,
     save_predictions: Annotated[Path | None, typer.Option(
@@ -79,7 +80,9 @@ def eval_command(
     opened = []
     try:
         for path in model:
-            opened.append(open_backend(path, backend=backend, device=device, precision=precision))
+            opened.append(open_backend(path, backend=backend, device=device, precision=precision, threads=threads))
+            if opened[-1].cpu_path is not None:
+                console.print(opened[-1].cpu_path.describe())
         console.print(f"{total} images ({dataset.layout}), {dataset.num_classes} classes; "
                       + "; ".join(b.describe() for b in opened))
         bar = Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -17,14 +17,12 @@ from ..jobs import InferOptions, InferReport, ProgressSink, parse_save, run_infe
 from ..preprocess import PROTOCOLS
 from ..segmenter import Segmenter
 from ..sources import resolve_source
-from .common import BACKEND_HELP, command, console, err_console, parse_size
+from .common import BACKEND_HELP, PrecisionOption, ThreadsOption, command, console, err_console, parse_size
 
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", help="Checkpoint, .onnx or engine. Default: the best artifact in engines/ or models/.")]
 BackendOption = Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if usable).")]
-PrecisionOption = Annotated[str, typer.Option(
-    "--precision", help="fp32; bf16 (OpenVINO on CPUs with bf16, agreement reported); fp16 (PyTorch CUDA).")]
 
 
 class _RichProgress(ProgressSink):
@@ -68,7 +66,7 @@ def _report_precision(segmenter: Segmenter, model: Path, size: tuple[int, int] |
     with Segmenter(model, backend=segmenter.backend.name, device=device, size=size,
                    protocol=segmenter.protocol) as reference:
         agreement = float((reference.predict(frame) == reduced).mean())
-    console.print(f"{segmenter.backend.precision} vs fp32 label agreement on a reference frame: "
+    console.print(f"{segmenter.backend.effective_precision} vs fp32 label agreement on a reference frame: "
                   f"{agreement * 100:.2f}%", highlight=False)
 
 
@@ -100,6 +98,7 @@ def infer(
     backend: BackendOption = None,
     device: DeviceOption = None,
     precision: PrecisionOption = "fp32",
+    threads: ThreadsOption = None,
     size: Annotated[str | None, typer.Option(
         "--size", "-s", help="Network input HxW for dynamic models and checkpoints (default: the export size).")] = None,
     protocol: Annotated[str | None, typer.Option(
@@ -136,12 +135,14 @@ def infer(
         model = choice.path
     input_size = parse_size(size) if size else None
     with Segmenter(model, backend=backend, device=device, precision=precision, size=input_size,
-                   protocol=protocol or "official") as segmenter:
+                   protocol=protocol or "official", threads=threads) as segmenter:
+        if segmenter.backend.cpu_path is not None:
+            console.print(segmenter.backend.cpu_path.describe(), highlight=False)
         kinds = [k for k, present in (("image", resolved.images), ("video", resolved.videos or resolved.stream is not None))
                  if present]
         post = ", ".join(f"{options.protocol_for(k)} protocol for {k}s" for k in kinds)
         console.print(f"{resolved.description}: {segmenter.describe()}, {post}", highlight=False)
-        if precision != "fp32":
+        if segmenter.backend.precision != "fp32" or segmenter.backend.artifact != model:  # auto's INT8 file too
             _report_precision(segmenter, model, input_size, device)
         model_only_before = model_only_fps(segmenter, batch) if benchmark else None
         report = run_infer(segmenter, resolved, options, progress=_RichProgress(progress))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..export.common import check_export_output
-from ..export.quantize import METHODS, QuantizeOptions, quantize_onnx
+from ..export.quantize import TARGET_METHODS, QuantizeOptions, quantize_onnx
 from .common import OverwriteOption, command, console, err_console
 
 
@@ -20,22 +20,27 @@ def quantize(
         "--output", "-o", help="Output .onnx file (default: beside MODEL, MODEL-int8-TARGET.onnx).")] = None,
     num_images: Annotated[int, typer.Option("--num-images", help="Calibration images (at most).")] = 100,
     holdout: Annotated[int, typer.Option("--holdout", help="Held-out images for the report (at most; at most a fifth).")] = 16,
-    method: Annotated[str, typer.Option("--method", help=f"Calibration: {', '.join(METHODS)}.")] = "entropy",
+    method: Annotated[str | None, typer.Option(
+        "--method", help=f"Calibration: {', '.join(TARGET_METHODS['cpu'])} for tensorrt and cpu (default "
+                         f"{TARGET_METHODS['cpu'][0]}); nncf for openvino.")] = None,
     target: Annotated[str, typer.Option(
         "--target", help="tensorrt: symmetric INT8 (zero point 0), per-channel weights; cpu: unsigned activations "
-                         "(fastest in ONNX Runtime on x86).")] = "tensorrt",
+                         "(fastest in ONNX Runtime on x86); openvino: NNCF's quantization (needs nncf), the fastest "
+                         "INT8 on CPUs with OpenVINO.")] = "tensorrt",
     overwrite: OverwriteOption = False,
 ) -> None:
     """Calibrate MODEL on real images and write an INT8 Q/DQ ONNX, with its agreement and SNR against FP32.
 
     The images go through exactly the inference pre-processing; the report uses held-out
-    images that calibration did not see.
+    images that calibration did not see. The agreement is stored in the file: `--precision
+    auto` runs an INT8 file beside its FP32 model when the agreement is at least 98%.
     """
     options = QuantizeOptions(method=method, target=target, num_images=num_images, holdout=holdout)
     options.validate()
     output = check_export_output(output or model.with_name(f"{model.stem}-int8-{target}.onnx"), "onnx", [model],
                                  overwrite=overwrite)
     verb = "Replaced" if output.exists() else "Wrote"
+    method = options.calibration_method
     with console.status(f"Calibrating ({method}, {target})..."):
         result = quantize_onnx(model, calib, output, options)
     facts = result.details

@@ -1,0 +1,170 @@
+"""Every CPU path against a hand export, timed round-robin in one run (``stdc bench --cpu-paths``).
+
+The reference is what a user of the official code would do: a plain ``torch.onnx.export``
+of the same weights with default settings, run in a default ``onnxruntime.InferenceSession``.
+Against it: this project's FP32 export in ONNX Runtime, the INT8 file of ``stdc quantize
+--target cpu`` in ONNX Runtime and OpenVINO, OpenVINO FP32 and BF16 (on CPUs with native
+bf16), and the NNCF-made INT8 file (``--target openvino``, where NNCF is installed). Every
+path is timed model-only (:mod:`.timing`), interleaved: one run of each per round, so load
+from other processes hits all alike; each row carries its speed ratio to the reference (of
+median latencies, which a burst of load moves least) and its label agreement with the FP32 model on the timed frame. INT8 files are calibrated on
+synthetic frames: their timings are real, their agreement only says the path works (measure
+a trained model's with ``stdc quantize`` on real images).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import is_installed, open_backend
+from ..core.artifacts import read_metadata
+from ..errors import StdcError
+from ..optional import is_available
+from .environment import _peak_rss_mb, environment
+from .run import BenchReport, BenchRow, BenchSettings
+from .targets import scratch_dir
+from .timing import LatencyStats, time_interleaved
+
+log = logging.getLogger(__name__)
+REFERENCE = "hand"
+CALIBRATION_IMAGES = 10  # synthetic frames: 8 calibrate, 2 held out
+
+
+@dataclass(frozen=True)
+class CpuPathSpec:
+    """One way to run the model on the CPU: a file (by key), a backend and a precision."""
+
+    key: str
+    label: str
+    artifact: str  # "hand", "fp32", "int8-cpu" or "int8-openvino"
+    backend: str | None  # None: a bare default InferenceSession (the reference)
+    precision: str = "fp32"
+
+
+PATHS = (
+    CpuPathSpec(REFERENCE, "hand export, ORT FP32 (reference)", "hand", None),
+    CpuPathSpec("ort-fp32", "stdc export, ORT FP32", "fp32", "onnxruntime"),
+    CpuPathSpec("ort-int8", "stdc quantize --target cpu, ORT", "int8-cpu", "onnxruntime"),
+    CpuPathSpec("ov-fp32", "OpenVINO FP32", "fp32", "openvino"),
+    CpuPathSpec("ov-bf16", "OpenVINO BF16", "fp32", "openvino", "bf16"),
+    CpuPathSpec("ov-int8", "--target cpu file, OpenVINO", "int8-cpu", "openvino"),
+    CpuPathSpec("ov-int8-nncf", "--target openvino (NNCF), OpenVINO", "int8-openvino", "openvino"),
+)
+
+
+def available_paths() -> tuple[list[CpuPathSpec], list[str]]:
+    """The paths this machine can run, and why the others are left out."""
+    from ..backends.cpu import cpu_features
+
+    paths, skipped = [], []
+    for spec in PATHS:
+        if spec.backend == "openvino" and not is_installed("openvino"):
+            skipped.append(f"{spec.key}: OpenVINO is not installed (pip install 'stdc-deploy[openvino]')")
+        elif spec.precision == "bf16" and not cpu_features().native_bf16:
+            skipped.append(f"{spec.key}: this CPU has no native bf16")
+        elif spec.artifact == "int8-openvino" and not is_available("nncf"):
+            skipped.append(f"{spec.key}: NNCF is not installed (pip install nncf)")
+        else:
+            paths.append(spec)
+    return paths, skipped
+
+
+def hand_export(model, path: Path, size: tuple[int, int], batch: int = 1) -> Path:
+    """``torch.onnx.export(model, x, path)`` with default settings, as the official code's
+    users would write it (the default exporter may write its weights to ``path.data``);
+    ``verbose=False`` only keeps its progress lines off the console."""
+    import torch
+
+    from ..export.quiet import quiet_exporter
+
+    with quiet_exporter(), torch.no_grad():
+        torch.onnx.export(model.eval(), (torch.zeros(batch, 3, *size),), str(path), verbose=False)
+    return path
+
+
+def make_artifacts(model, size: tuple[int, int], batch: int, directory: Path, keys: set[str]) -> dict[str, Path]:
+    """The files the paths need, made from the same weights in ``directory``."""
+    import cv2
+
+    from ..export import OnnxExportOptions, export_onnx
+    from ..export.quantize import QuantizeOptions, quantize_onnx
+    from ..synthetic import synthetic_images
+
+    files = {"hand": hand_export(model, directory / "hand.onnx", size, batch)}
+    files["fp32"] = directory / "stdc.onnx"
+    export_onnx(model, files["fp32"], OnnxExportOptions(height=size[0], width=size[1], batch=batch, verify=False))
+    if keys & {"int8-cpu", "int8-openvino"}:
+        calib = directory / "calib"
+        calib.mkdir()
+        for i, image in enumerate(synthetic_images(CALIBRATION_IMAGES, *size, seed=11)):
+            cv2.imwrite(str(calib / f"{i:02d}.png"), image)
+        for key in sorted(keys & {"int8-cpu", "int8-openvino"}):
+            target = key.split("-", 1)[1]
+            files[key] = directory / f"stdc-{key}.onnx"
+            log.info("quantizing for %s", target)
+            quantize_onnx(files["fp32"], calib, files[key], QuantizeOptions(target=target, num_images=8, holdout=2))
+    return files
+
+
+def _bare_session(path: Path, batch: np.ndarray) -> Callable[[], object]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: batch})[0]
+
+
+def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSettings, threads: int | None = None,
+                  on_row: Callable[[BenchRow], None] | None = None) -> tuple[BenchReport, list[str]]:
+    """Time every available CPU path of ``model`` (an eval-mode STDCSeg) round-robin; rows
+    in :data:`PATHS` order, and the paths left out with why."""
+    from ..preprocess import normalize
+    from ..synthetic import synthetic_images
+
+    if "model-only" not in settings.modes or len(settings.modes) > 1 or settings.cuda_graph:
+        raise StdcError("the CPU paths are timed model-only (leave out --mode and --cuda-graph)")
+    paths, skipped = available_paths()
+    warmup, iters, seconds = settings.for_device("cpu")
+    report = BenchReport(settings={**settings.__dict__, "modes": list(settings.modes), "cpu_paths": True,
+                                   "threads": threads, "interleaved": True})
+    frames = synthetic_images(settings.batch, *size, seed=0)
+    with scratch_dir() as scratch:
+        files = make_artifacts(model, size, settings.batch, Path(scratch), {p.artifact for p in paths})
+        meta = read_metadata(files["fp32"])
+        batch = normalize(frames, meta.mean, meta.std)
+        backends, steps, outputs = [], {}, {}
+        try:
+            for spec in paths:
+                if spec.backend is None:
+                    steps[spec.key] = _bare_session(files["hand"], batch)
+                else:
+                    backends.append(open_backend(files[spec.artifact], spec.backend, "cpu", spec.precision, threads))
+                    steps[spec.key] = backends[-1].model_only_runner(batch)
+                outputs[spec.key] = np.asarray(steps[spec.key]()).argmax(1)
+            samples = time_interleaved(steps, warmup, iters, seconds)
+        finally:
+            for backend in backends:
+                backend.close()
+    reference = LatencyStats.from_seconds(samples[REFERENCE])
+    arch = model.cfg.model_name
+    for spec in paths:
+        stats = LatencyStats.from_seconds(samples[spec.key])
+        row = BenchRow(model=name, arch=arch, height=size[0], width=size[1], batch=settings.batch,
+                       backend=spec.backend or "onnxruntime (bare)", device="cpu",
+                       precision="int8" if spec.artifact.startswith("int8") else spec.precision, mode="model-only",
+                       latency=stats, fps=settings.batch * 1e3 / stats.mean_ms, peak_rss_mb=_peak_rss_mb(),
+                       path=spec.label, vs_reference=reference.p50_ms / stats.p50_ms,
+                       label_agreement=float((outputs[spec.key] == outputs["ort-fp32"]).mean()))
+        report.rows.append(row)
+        if on_row:
+            on_row(row)
+    report.environment = environment(["cpu"])
+    return report, skipped
+
+
+__all__ = ["PATHS", "REFERENCE", "CpuPathSpec", "available_paths", "hand_export", "make_artifacts", "run_cpu_paths"]
