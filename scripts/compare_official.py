@@ -219,6 +219,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     ap.add_argument("--image-seed", type=int, default=5, help="seed of the synthetic image")
     ap.add_argument("--workdir", type=Path, default=None, help="where to write files (default: a temp folder)")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="an STDC1 checkpoint in the official layout (e.g. one `stdc train` wrote) instead of "
+                         "random weights")
     args = ap.parse_args()
 
     from stdc_deploy.checkpoint import load_model
@@ -234,19 +237,23 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     # checkpoint (official key layout) and image
-    ckpt = work / "stdc1-random.pth"
-    sd = to_official_state_dict(random_model("stdc1", seed=args.seed))
-    torch.save(sd, ckpt)
+    if args.checkpoint is not None:
+        ckpt = args.checkpoint
+        num_classes = int(torch.load(ckpt, map_location="cpu", weights_only=True)["conv_out.conv_out.weight"].shape[0])
+    else:
+        ckpt = work / "stdc1-random.pth"
+        num_classes = 19
+        torch.save(to_official_state_dict(random_model("stdc1", seed=args.seed)), ckpt)
     png = work / "street.png"
     image = synthetic_images(1, height, width, seed=args.image_seed)[0]
     cv2.imwrite(str(png), image)
 
     # official model, strict load
     model_stages = import_official(args.official)
-    official = model_stages.BiSeNet(backbone="STDCNet813", n_classes=19, use_boundary_2=False,
+    official = model_stages.BiSeNet(backbone="STDCNet813", n_classes=num_classes, use_boundary_2=False,
                                     use_boundary_4=False, use_boundary_8=True, use_boundary_16=False,
                                     use_conv_last=False)
-    result = official.load_state_dict(torch.load(ckpt, map_location="cpu"), strict=True)
+    result = official.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True), strict=True)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     official.eval()
     abn = [m for m in official.modules() if isinstance(m, _InPlaceABNEval)]
