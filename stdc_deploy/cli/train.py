@@ -139,6 +139,8 @@ def train_command(
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N [cuda if available].")] = None,
     workers: Annotated[int | None, typer.Option("--workers", min=0, help="Data loading processes [CPU cores - 1, "
                                                                          "at most 4].")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for PyTorch [all cores]; fewer "
+                                               "helps when other work shares the CPU.")] = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Train or fine-tune STDC-Seg on Cityscapes or your own images and masks, with the
@@ -161,6 +163,10 @@ def train_command(
         config = TrainConfig.from_dict(saved)
     else:
         config = _new_config(given)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     stop = {"signal": None}
 
     def request_stop(signum, frame) -> None:
