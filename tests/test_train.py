@@ -305,6 +305,22 @@ def test_cli_trains_and_names_bad_input(shapes, tmp_path):
     assert not (tmp_path / "y.pth").exists()
 
 
+def test_cli_finetunes_a_19_class_checkpoint(shapes, official_checkpoints, tmp_path):
+    result = run("--images", str(shapes / "images/train"), "--masks", str(shapes / "masks/train"), "--num-classes", "3",
+                 "--init", str(official_checkpoints["stdc1"]), "--iters", "2", "--batch", "2", "--workers", "0",
+                 "-o", str(tmp_path / "ft.pth"))
+    assert result.exit_code == 0, result.output
+    assert "initialised from stdc1 checkpoint stdc1_official.pth (19 classes)" in result.output
+    assert "classifiers re-initialised for 3 classes (the checkpoint has 19)" in result.output
+    assert "no validation images" in result.output and not (tmp_path / "ft_best.pth").exists()
+    model, info = load_model(tmp_path / "ft.pth")
+    assert info.num_classes == 3 and info.source_format == "official"
+    wrong = run("--images", str(shapes / "images/train"), "--masks", str(shapes / "masks/train"), "--num-classes", "3",
+                "--init", str(official_checkpoints["stdc1"]), "--arch", "stdc2", "--iters", "2", "-o",
+                str(tmp_path / "w.pth"))
+    assert wrong.exit_code == 1 and "checkpoint is stdc1; it cannot initialise stdc2 (--arch)" in wrong.output
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_ctrl_c_saves_a_resumable_state(shapes, tmp_path):
     out = tmp_path / "m.pth"

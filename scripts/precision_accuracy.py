@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""The accuracy cost of every deployment precision on a trained model, measured with
+`stdc eval --max-drop` (the README's precision table comes from this script).
+
+From one checkpoint: the FP32 and FP16 ONNX exports, INT8 Q/DQ models for both `stdc
+quantize` targets and every calibration method (calibrated on ``--calib``, never on the
+evaluation images), then one `stdc eval` of all ONNX files in ONNX Runtime against the FP32
+export with ``--max-drop``, and OpenVINO runs (BF16 on the FP32 file where the CPU has it,
+INT8 on the `cpu` target's minmax file). Prints one table: artifact, runtime, mIoU, drop.
+
+Usage::
+
+    python scripts/precision_accuracy.py --checkpoint runs/shapes_best.pth \\
+        --images data/shapes/images/val --masks data/shapes/masks/val --num-classes 3 \\
+        --calib data/shapes/images/train --size 128x128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TARGETS = ("cpu", "tensorrt")
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def stdc(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "stdc_deploy", *args], capture_output=True, text=True)
+    if result.returncode not in (0, 1):
+        sys.exit(f"stdc {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def evaluate(models: list[Path], data: list[str], out: Path, *extra: str) -> tuple[list[dict], str]:
+    args = ["eval", *(a for m in models for a in ("-m", str(m))), *data, "--json", str(out), "--overwrite", *extra]
+    result = stdc(*args)
+    if not out.is_file():
+        sys.exit(f"stdc eval wrote no scores:\n{result.stderr}")
+    return json.loads(out.read_text())["models"], result.stdout + result.stderr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--images", required=True, help="evaluation images (generic layout)")
+    ap.add_argument("--masks", required=True)
+    ap.add_argument("--num-classes", required=True)
+    ap.add_argument("--calib", required=True, help="calibration images (e.g. the training images)")
+    ap.add_argument("--size", default="128x128", help="export size HxW")
+    ap.add_argument("--max-drop", default="0.5", help="the gate, in mIoU points")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="stdc-precision-"))
+    work.mkdir(parents=True, exist_ok=True)
+    data = ["--images", args.images, "--masks", args.masks, "--num-classes", args.num_classes]
+
+    fp32, fp16 = work / "fp32.onnx", work / "fp16.onnx"
+    stdc("export", "onnx", args.checkpoint, "--size", args.size, "-o", str(fp32), "--overwrite")
+    stdc("export", "onnx", args.checkpoint, "--size", args.size, "--precision", "fp16", "-o", str(fp16), "--overwrite")
+    int8 = {}
+    for target in TARGETS:
+        for method in METHODS:
+            path = work / f"int8-{target}-{method}.onnx"
+            stdc("quantize", str(fp32), "--calib", args.calib, "--target", target, "--method", method, "-o", str(path),
+                 "--overwrite")
+            int8[(target, method)] = path
+    onnx_models = [fp32, fp16, *int8.values()]
+    scores, output = evaluate(onnx_models, data, work / "eval.json", "--max-drop", args.max_drop)
+    gate = next((line for line in output.splitlines() if line.startswith("error:")), "all within the gate")
+    rows = [(s["model"], s["backend"], s["miou"]) for s in scores]
+    openvino = [("bf16", fp32, ["--backend", "openvino", "--precision", "bf16"]),
+                ("int8", int8[("cpu", "minmax")], ["--backend", "openvino"])]
+    for name, path, extra in openvino:
+        result, text = evaluate([path], data, work / f"eval-openvino-{name}.json", *extra)
+        if result:
+            rows.append((f"{path.name} ({name})", "openvino", result[0]["miou"]))
+        else:
+            print(f"OpenVINO {name}: not run ({text.strip().splitlines()[-1]})")
+
+    reference = rows[0][2]
+    print(f"checkpoint {args.checkpoint}; {args.images}; export {args.size}")
+    print(f"{'artifact':<34} {'runtime':<12} {'mIoU %':>7} {'drop (points)':>14}")
+    for name, backend, miou in rows:
+        print(f"{name:<34} {backend:<12} {miou * 100:7.2f} {(reference - miou) * 100:14.2f}")
+    print(f"stdc eval --max-drop {args.max_drop}: {gate}")
+
+
+if __name__ == "__main__":
+    main()
