@@ -276,6 +276,31 @@ def test_variant_run_writes_the_fork_layout(shapes, tmp_path):
     assert info.variant == "cut" and info.num_classes == 3
 
 
+def test_cityscapes_layout_trains_on_train_and_validates_on_val(shapes, tmp_path):
+    """labelIds are mapped to the 19 train ids (7 road -> 0, 26 car -> 13, others ignored)."""
+    from stdc_deploy.evaluate import TRAIN_TO_LABEL
+
+    root = tmp_path / "cityscapes"
+    for split, names in (("train", ["0000", "0001", "0002"]), ("val", ["0000"])):
+        for name in names:
+            image = cv2.imread(str(shapes / "images" / "train" / f"{name}.png"))
+            mask = cv2.imread(str(shapes / "masks" / "train" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+            ids = np.where(mask == 2, 0, TRAIN_TO_LABEL[np.where(mask == 1, 13, 0)]).astype(np.uint8)  # 2: unlabeled
+            for folder, suffix, array in (("leftImg8bit", "_leftImg8bit.png", image),
+                                          ("gtFine", "_gtFine_labelIds.png", ids)):
+                path = root / folder / split / "city" / f"city_{name}_000019{suffix}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(path), array)
+    result = run("--data", str(root), "--iters", "2", "--batch", "2", "--size", "64x64", "--workers", "0",
+                 "-o", str(tmp_path / "cs.pth"))
+    assert result.exit_code == 0, result.output
+    assert "19 classes" in result.output and "3 train / 1 val images" in result.output
+    record = json.loads((tmp_path / "cs_log.json").read_text())[-1]
+    assert len(record["val_iou"]) == 19 and sum(v is not None for v in record["val_iou"]) >= 2
+    config = read_state(tmp_path / "cs_state.pt")["config"]
+    assert config["scale_range"] == [0.125, 1.5] and config["num_classes"] == 19
+
+
 # -- the command ---------------------------------------------------------------------------------------------
 
 def run(*args: str):

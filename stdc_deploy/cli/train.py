@@ -18,6 +18,7 @@ from ..train.data import common_size
 from .common import OverwriteOption, command, console, err_console, parse_size
 
 CITYSCAPES_SIZE = (512, 1024)  # the official 1024x512 (WxH) crop
+CITYSCAPES_SCALES = (0.125, 1.5)  # the official random scales of the full-resolution images
 DEFAULT_ITERS = {"cityscapes": 60000, "generic": 2000}
 MAX_DEFAULT_SIDE = 1024
 
@@ -123,7 +124,8 @@ def train_command(
     lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="Base learning rate; heads get 10x [0.01].")] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Warm-up iterations [a tenth of --iters, "
                                                                        "at most 1000].")] = None,
-    scale_range: Annotated[str | None, typer.Option("--scale-range", help="Random scale MIN,MAX [0.5,1.5].")] = None,
+    scale_range: Annotated[str | None, typer.Option("--scale-range", help="Random scale MIN,MAX [Cityscapes 0.125,1.5 as "
+                                                  "the paper; generic 0.5,1.5].")] = None,
     jitter: Annotated[float | None, typer.Option("--jitter", min=0.0, max=0.99,
                                                  help="Colour jitter strength [0.5].")] = None,
     flip: Annotated[bool | None, typer.Option("--flip/--no-flip", help="Random horizontal flips [on].")] = None,
@@ -222,4 +224,6 @@ def _new_config(given: dict) -> TrainConfig:
                                       given.get("ignore_index", 255)).samples
             given["size"] = _fit_size(common_size(samples))
     given.setdefault("iters", DEFAULT_ITERS[layout])
+    if layout == "cityscapes":
+        given.setdefault("scale_range", CITYSCAPES_SCALES)
     return TrainConfig(**given)
