@@ -310,6 +310,8 @@ def train(config: TrainConfig, output: str | Path, *, device: str = "cpu", worke
         check_samples(val_dataset, val_samples)
     if len(train_samples) < 1:
         raise StdcError("no training images")
+    if not resume and not val_samples:
+        files.best.unlink(missing_ok=True)  # a replaced run's best file would outlive it unchanged
 
     torch.manual_seed(config.seed)
     model = official_init(create_model(config.arch, config.num_classes, variant=config.variant, aux_heads=True))
