@@ -14,6 +14,7 @@ from stdc_deploy.bench import (
     Target,
     preset_targets,
     run_bench,
+    time_interleaved,
     time_steps,
 )
 from stdc_deploy.cli import app
@@ -93,7 +94,7 @@ def test_json_and_csv_schema(tiny_report, tmp_path):
     write_json(tiny_report, tmp_path / "b.json")
     data = json.loads((tmp_path / "b.json").read_text())
     assert data["schema"] == SCHEMA and "1080Ti" in data["paper_setup"]
-    assert set(data) == {"schema", "paper_setup", "environment", "settings", "rows", "reference"}
+    assert set(data) == {"schema", "paper_setup", "environment", "settings", "rows", "reference", "choices"}
     assert {"cpu", "cpu_count", "torch_threads", "platform", "versions", "gpu"} <= set(data["environment"])
     assert "torch" in data["environment"]["versions"] and "onnxruntime" in data["environment"]["versions"]
     row = data["rows"][0]
@@ -229,3 +230,52 @@ def test_cli_plot_needs_matplotlib_up_front(tmp_path):
     assert result.exit_code == 1 and "timing" not in result.stdout
     (line,) = result.stderr.strip().splitlines()
     assert "--plot needs matplotlib: pip install 'stdc-deploy[plot]'" in line
+
+
+def test_time_interleaved_runs_round_robin():
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    samples = time_interleaved(steps, warmup=2, iters=3, seconds=None, settle_s=0)
+    assert calls == ["a", "a", "b", "b", "c", "c"] + ["a", "b", "c"] * 3
+    assert {k: len(v) for k, v in samples.items()} == {"a": 3, "b": 3, "c": 3}
+    calls.clear()
+    samples = time_interleaved(steps, warmup=0, iters=None, seconds=0.0, min_iters=2, settle_s=0)
+    assert calls == ["a", "b", "c"] * 2
+
+
+def test_cpu_paths_against_a_hand_export(models_by_arch):
+    """Every available path runs on one tiny model, with ratios against the hand export."""
+    from stdc_deploy.bench.cpu_paths import PATHS, REFERENCE, available_paths, run_cpu_paths
+
+    model = models_by_arch["stdc1"].eval()
+    report, skipped = run_cpu_paths(model, name="tiny", size=(64, 128), settings=BenchSettings(iters=2, warmup=1),
+                                    threads=1)
+    paths, _ = available_paths()
+    assert [r.path for r in report.rows] == [p.label for p in paths] and len(paths) + len(skipped) == len(PATHS)
+    reference = report.rows[0]
+    assert reference.path == next(p.label for p in PATHS if p.key == REFERENCE) and reference.vs_reference == 1.0
+    for row in report.rows:
+        assert row.latency.iters == 2 and row.vs_reference > 0 and 0.5 < row.label_agreement <= 1.0
+        assert row.vs_reference == pytest.approx(reference.latency.p50_ms / row.latency.p50_ms)
+    by_key = {p.key: r for p, r in zip(paths, report.rows)}
+    assert by_key["ort-fp32"].label_agreement == 1.0 and by_key["ort-int8"].precision == "int8"
+    assert report.settings["threads"] == 1 and report.settings["interleaved"]
+    from rich.console import Console
+
+    from stdc_deploy.cli.bench import cpu_paths_table
+
+    console = Console(width=200, record=True)
+    console.print(cpu_paths_table(report.rows))
+    lines = console.export_text().splitlines()
+    assert len(lines) == 2 + len(report.rows) and max(len(line.rstrip()) for line in lines) <= 80
+
+
+def test_cpu_paths_need_pytorch_weights(tmp_path):
+    from stdc_deploy.bench.cpu_paths import target_network
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"")
+    with pytest.raises(StdcError, match="m.onnx: the hand export is made from PyTorch weights"):
+        target_network(Target("m", (64, 128), artifact=onnx_file))
+    result = CliRunner().invoke(app, ["bench", "--cpu-paths", "--backend", "openvino"])
+    assert result.exit_code == 1 and "--cpu-paths times every CPU backend" in result.output

@@ -60,7 +60,9 @@ def test_quantize_targets(fp32_onnx, calib_dir, tmp_path, target):
     assert per_channel  # per-channel weight scales
     meta = read_metadata(out)
     assert meta.precision == "int8" and meta.arch == "stdc1" and meta.input_height == 64
-    assert int8_details(out) == {"int8_target": target, "int8_method": "minmax", "int8_calibration_images": "8"}
+    facts = int8_details(out)
+    assert {k: facts[k] for k in ("int8_target", "int8_method", "int8_calibration_images", "int8_holdout_images")} == {
+        "int8_target": target, "int8_method": "minmax", "int8_calibration_images": "8", "int8_holdout_images": "2"}
     x = normalize(synthetic_images(1, 64, 128, seed=3))
     with open_backend(out, backend="onnxruntime", device="cpu") as backend:
         assert backend.infer(x).shape == (1, 19, 64, 128)
@@ -79,7 +81,7 @@ def test_calibration_split_and_errors(calib_dir, tmp_path):
         calibration_images(few, QuantizeOptions())
     with pytest.raises(StdcError, match="no such folder"):
         calibration_images(tmp_path / "absent", QuantizeOptions())
-    with pytest.raises(InvalidValue, match="method: 'kl': choose one of entropy, minmax, percentile"):
+    with pytest.raises(InvalidValue, match="method: 'kl' does not apply to target tensorrt: choose one of minmax, entropy"):
         QuantizeOptions(method="kl").validate()
     with pytest.raises(InvalidValue, match="num_images: must be >= 1"):
         QuantizeOptions(num_images=0).validate()
@@ -132,3 +134,72 @@ def test_cli_quantize_bad_output_is_one_line(fp32_onnx, calib_dir, tmp_path, nam
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "folder"]
     assert not any((tmp_path / "folder").iterdir())
+
+
+def activation_scales(path) -> np.ndarray:
+    proto = onnx.load(str(path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    return np.concatenate([inits[n.input[1]].ravel() for n in proto.graph.node
+                           if n.op_type == "QuantizeLinear" and n.input[0] not in inits])
+
+
+def test_calibration_methods_take_effect(fp32_onnx, calib_dir, tmp_path):
+    scales = {}
+    for method in ("minmax", "percentile"):
+        out = tmp_path / f"{method}.onnx"
+        result = quantize_onnx(fp32_onnx, calib_dir, out, QuantizeOptions(method=method, target="cpu", num_images=8))
+        assert result.details["method"] == method == int8_details(out)["int8_method"]
+        scales[method] = activation_scales(out)
+    assert not np.array_equal(scales["minmax"], scales["percentile"])
+    assert QuantizeOptions(target="cpu").calibration_method == "minmax"
+    with pytest.raises(InvalidValue, match="method: 'nncf' does not apply to target cpu"):
+        QuantizeOptions(method="nncf", target="cpu").validate()
+
+
+def test_entropy_calibration_is_not_minmax(tmp_path):
+    """ONNX Runtime's quantize_static gives its entropy calibrator as many histogram bins as
+    quantized bins, so its "entropy" is minmax; here the entropy range clips heavy tails."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stdc_deploy.export.quantize import _quantize_ort
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["y"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["y"], ["out"])],
+        "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4, 16, 16])], [weight])
+    path = tmp_path / "conv.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    batches = [rng.standard_t(2, (1, 3, 16, 16)).astype(np.float32) for _ in range(8)]  # heavy tails
+    scales = {}
+    for method in ("minmax", "entropy"):
+        out = tmp_path / f"{method}.onnx"
+        _quantize_ort(path, out, lambda paths: ({"input": b} for b in batches), [None] * 8, method, symmetric=False)
+        scales[method] = activation_scales(out)
+    assert scales["entropy"].shape == scales["minmax"].shape
+    assert scales["entropy"][0] < 0.9 * scales["minmax"][0]  # the input's range: tails clipped
+
+
+def test_int8_metadata_records_accuracy_and_source(fp32_onnx, calib_dir, tmp_path):
+    from stdc_deploy.export.quantize import file_sha256
+
+    out = tmp_path / "q.onnx"
+    result = quantize_onnx(fp32_onnx, calib_dir, out, QuantizeOptions(target="cpu", num_images=8))
+    facts = int8_details(out)
+    assert float(facts["int8_label_agreement"]) == pytest.approx(result.details["label_agreement"], abs=1e-6)
+    assert float(facts["int8_snr_db"]) == pytest.approx(result.details["snr_db"], abs=1e-3)
+    assert facts["int8_source_sha256"] == file_sha256(fp32_onnx) and facts["int8_source"] == fp32_onnx.name
+
+
+def test_openvino_target_with_nncf(fp32_onnx, calib_dir, tmp_path):
+    pytest.importorskip("nncf", reason="target openvino needs nncf")
+    pytest.importorskip("openvino")
+    out = tmp_path / "ov.onnx"
+    result = quantize_onnx(fp32_onnx, calib_dir, out, QuantizeOptions(target="openvino", num_images=8))
+    assert result.details["method"] == "nncf" and result.metadata.precision == "int8"
+    assert result.details["snr_db"] > 3 and int8_details(out)["int8_target"] == "openvino"
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load(str(out)).graph.node}
+    with open_backend(out, backend="openvino", device="cpu") as b:
+        x = normalize(synthetic_images(1, 64, 128, seed=4))
+        assert b.infer(x).shape == (1, 19, 64, 128)

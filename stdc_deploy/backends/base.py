@@ -128,6 +128,8 @@ class Backend(abc.ABC):
     def effective_precision(self) -> str:
         """What the model computes in: a reduced-precision runtime setting, else the
         artifact's own precision (an FP16 ONNX file runs FP16 with precision "fp32")."""
+        if self.metadata.precision == "int8" and self.precision != "fp32":
+            return f"int8+{self.precision}"  # INT8 layers, the others at the runtime's precision
         return self.precision if self.precision != "fp32" else self.metadata.precision
 
     def cpu_threads(self) -> int:
@@ -137,7 +139,7 @@ class Backend(abc.ABC):
         return self.threads or usable_cores()
 
     def describe(self) -> str:
-        threads = f", {self.cpu_threads()} threads" if self.device == "cpu" else ""
+        threads = f", {self.threads} threads" if self.threads is not None and self.device == "cpu" else ""
         return f"{self.name} ({self.device}, {self.effective_precision}{threads}) on {self.artifact.name}"
 
     @abc.abstractmethod

@@ -9,10 +9,15 @@ is *known* to be within a limit. The rule, in order:
    file (its ``int8_source_sha256`` metadata is the FP32 file's SHA-256). Its accuracy is
    known because ``stdc quantize`` measured it on held-out images and stored the label
    agreement in the file (``int8_label_agreement``); auto takes it only if that is at least
-   ``min_agreement`` (:data:`AUTO_MIN_AGREEMENT`). Run in OpenVINO where installed (it runs
-   Q/DQ files fastest: NNCF-made files about 2x, ONNX Runtime-made ones about 1.3x faster
-   than ONNX Runtime does, STDC1 512x1024), else ONNX Runtime. A named INT8 file is used as
-   named; its recorded agreement is printed.
+   ``min_agreement`` (:data:`AUTO_MIN_AGREEMENT`). Files made for OpenVINO (NNCF) come first,
+   then ``--target cpu``, then ``tensorrt`` files (without OpenVINO: ``cpu`` files first).
+   Each runs in the runtime that ran it fastest (STDC1 512x1024, four ``stdc bench
+   --cpu-paths`` runs): NNCF files in OpenVINO (2.3-3.5x the hand export in ONNX Runtime
+   with bf16 float layers, the fastest path measured), the others in ONNX Runtime (the
+   ``cpu`` file 1.9-2.6x there, 1.5-2.3x in OpenVINO). In OpenVINO on a CPU with native
+   bf16 the layers left in float compute in bf16 when the file records that
+   configuration's agreement within the limit (``int8_bf16_label_agreement``). A named INT8
+   file is used as named; its recorded agreement is printed.
 2. **BF16 in OpenVINO**, when the CPU computes bf16 natively (``avx512_bf16`` or AMX BF16,
    and OpenVINO lists BF16 in ``OPTIMIZATION_CAPABILITIES``). Its cost is known from the
    format: bf16 keeps FP32's range and 8 of its 24 significand bits, and OpenVINO
@@ -29,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -119,19 +125,47 @@ class CpuPath:
         return f"CPU path: {self.label} ({self.artifact}; {self.reason}) - `--precision fp32` for full precision"
 
 
-def _agreement(path: Path) -> float | None:
-    from ..export.quantize import int8_details
+def int8_details(path: str | os.PathLike) -> dict:
+    """The INT8 provenance ``stdc quantize`` stores in an ONNX file's metadata (``int8_*``
+    keys; empty for other precisions). Reads no weights."""
+    import onnx
 
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props if p.key.startswith("int8_")}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _agreement(path: Path, key: str = "int8_label_agreement") -> float | None:
     try:
-        return float(int8_details(path)["int8_label_agreement"])
+        return float(int8_details(path)[key])
     except (KeyError, ValueError):
         return None
 
 
+def _int8_path(path: Path, openvino: bool, features: CpuFeatures, min_agreement: float, reason: str) -> CpuPath:
+    """An INT8 file's path: NNCF files in OpenVINO (where installed), others in ONNX Runtime;
+    in OpenVINO with the layers left in float computing in bf16 when the CPU has native bf16
+    and that configuration's agreement is recorded within the limit (the NNCF file of STDC1
+    512x1024 runs 1.7x faster this way than with them in f32: 40.9 vs 68.0 ms)."""
+    if not (openvino and int8_details(path).get("int8_target") == "openvino"):
+        return CpuPath(path, "onnxruntime", "fp32", "ONNX Runtime INT8", reason)
+    if features.native_bf16:
+        bf16 = _agreement(path, "int8_bf16_label_agreement")
+        if bf16 is not None and bf16 >= min_agreement:
+            return CpuPath(path, "openvino", "bf16", "OpenVINO INT8 + BF16",
+                           f"{reason}; bf16 for the float layers, agreement {bf16:.2%}")
+    return CpuPath(path, "openvino", "fp32", "OpenVINO INT8", reason)
+
+
 def int8_siblings(fp32: Path) -> list[tuple[Path, dict]]:
     """INT8 ONNX files beside ``fp32`` quantized from exactly this file, with their INT8 metadata."""
-    from ..export.quantize import file_sha256, int8_details
-
     found, digest = [], None
     for path in sorted(fp32.parent.glob("*.onnx")):
         if path == fp32:
@@ -163,32 +197,34 @@ def choose_cpu_path(artifact: str | Path, *, device: str | None = None, min_agre
         return CpuPath(path, None, "fp32", "FP32", "auto chooses among ONNX paths; this artifact runs FP32")
     features = features or cpu_features()
     openvino = is_installed("openvino")
-    runtime, runtime_name = ("openvino", "OpenVINO") if openvino else ("onnxruntime", "ONNX Runtime")
     precision = read_metadata(path).precision
     if precision == "int8":
         agreement = _agreement(path)
         known = f"agreement {agreement:.2%} recorded" if agreement is not None else "no recorded agreement"
-        return CpuPath(path, runtime, "fp32", f"{runtime_name} INT8", f"an INT8 file, {known}")
+        return _int8_path(path, openvino, features, min_agreement, f"an INT8 file, {known}")
     if precision != "fp32":
         return CpuPath(path, None, "fp32", precision.upper(), f"a {precision} file runs as it is")
+    passed = []  # INT8 files of this model whose recorded agreement is below the limit
     if features.int8_dot:
         candidates = []
         for sibling, details in int8_siblings(path):
             agreement = _agreement(sibling)
             if agreement is None or agreement < min_agreement:
                 log.info("auto passes over %s: agreement %s < %s", sibling, agreement, min_agreement)
+                passed.append(sibling.name)
                 continue
             order = _TARGET_ORDER[openvino]
             rank = order.index(details.get("int8_target")) if details.get("int8_target") in order else len(order)
             candidates.append((rank, -agreement, sibling, agreement))
         if candidates:
             _, _, sibling, agreement = min(candidates)
-            return CpuPath(sibling, runtime, "fp32", f"{runtime_name} INT8",
-                           f"{features.int8_dot}; quantized from {path.name}, agreement {agreement:.2%} "
-                           f">= {min_agreement:.0%}")
+            return _int8_path(sibling, openvino, features, min_agreement,
+                              f"{features.int8_dot}; quantized from {path.name}, agreement {agreement:.2%} "
+                              f">= {min_agreement:.0%}")
+    below = f"; {', '.join(passed)} below the {min_agreement:.0%} agreement limit" if passed else ""
     if openvino and features.native_bf16:
-        return CpuPath(path, "openvino", "bf16", "OpenVINO BF16", f"native bf16 ({features.native_bf16})")
-    why = "no INT8 file quantized from it" if features.int8_dot else "no VNNI for INT8"
+        return CpuPath(path, "openvino", "bf16", "OpenVINO BF16", f"native bf16 ({features.native_bf16}){below}")
+    why = ("no INT8 file quantized from it" + below) if features.int8_dot else "no VNNI for INT8"
     if not features.native_bf16:
         why += ", no native bf16"
     elif not openvino:
@@ -215,5 +251,5 @@ def resolve_precision(artifact: str | Path, precision: str, device: str | None =
     return choice.artifact, choice.backend or backend, choice.precision, choice
 
 
-__all__ = ["AUTO_MIN_AGREEMENT", "CpuFeatures", "CpuPath", "choose_cpu_path", "cpu_features", "int8_siblings",
-           "read_cpu_flags", "resolve_precision", "usable_cores"]
+__all__ = ["AUTO_MIN_AGREEMENT", "CpuFeatures", "CpuPath", "choose_cpu_path", "cpu_features", "file_sha256",
+           "int8_details", "int8_siblings", "read_cpu_flags", "resolve_precision", "usable_cores"]

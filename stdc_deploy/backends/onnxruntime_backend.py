@@ -11,11 +11,12 @@ from .base import Backend
 
 # Settings measured on STDC1 512x1024, 2-core AVX-512 CPU (interleaved runs with a pause
 # between sessions; README, "CPU"): ORT_ENABLE_ALL (the default) is 1.5x faster than
-# ORT_ENABLE_BASIC; turning the memory arena off is about 2x slower; idle pool threads
-# spinning (allow_spinning=1) or sleeping (0) time the same, back to back and in blocks of 8
-# runs (103 vs 102 ms). They sleep here, so pipeline threads (decode, pre/post-processing)
-# and other runtimes in the same process get the cores: a spinning pool slowed the session
-# timed right after it by 20% when runs were not separated by a pause.
+# ORT_ENABLE_BASIC; turning the memory arena off is about 2x slower. Idle pool threads
+# spinning (allow_spinning=1, ORT's default) or sleeping (0) depends on what else runs:
+# alone, the two timed the same in blocks of 8 runs (103 vs 102 ms) and spinning was up to
+# 1.2x faster in some interleaved runs; with another process busy on the cores, spinning
+# was 1.2x slower (258 vs 212 ms). They sleep here: the robust choice, and pipeline threads
+# (decode, pre/post-processing) and other runtimes in the process get the cores.
 CPU_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 
 

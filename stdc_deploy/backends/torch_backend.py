@@ -21,6 +21,8 @@ class TorchBackend(Backend):
             raise StdcError("device cuda requested but PyTorch sees no CUDA GPU")
         if self.precision == "fp16" and not self.device.startswith("cuda"):
             raise InvalidValue("precision", "fp16 with PyTorch needs a CUDA device (use bf16 on the CPU)")
+        if self.threads is not None:  # PyTorch's intra-op pool is per process: this sets it for all
+            torch.set_num_threads(self.threads)
         if self.artifact.suffix.lower() == ".pt2":
             from ..export.pt2 import is_aoti_package, load_pt2
 

@@ -4,7 +4,9 @@ The reference is what a user of the official code would do: a plain ``torch.onnx
 of the same weights with default settings, run in a default ``onnxruntime.InferenceSession``.
 Against it: this project's FP32 export in ONNX Runtime, the INT8 file of ``stdc quantize
 --target cpu`` in ONNX Runtime and OpenVINO, OpenVINO FP32 and BF16 (on CPUs with native
-bf16), and the NNCF-made INT8 file (``--target openvino``, where NNCF is installed). Every
+bf16), and the NNCF-made INT8 file (``--target openvino``, where NNCF is installed); INT8
+files in OpenVINO also with the layers left in float computing in bf16 ("+bf16", OpenVINO's
+own default on such CPUs). Every
 path is timed model-only (:mod:`.timing`), interleaved: one run of each per round, so load
 from other processes hits all alike; each row carries its speed ratio to the reference (of
 median latencies, which a burst of load moves least) and its label agreement with the FP32 model on the timed frame. INT8 files are calibrated on
@@ -27,7 +29,7 @@ from ..errors import StdcError
 from ..optional import is_available
 from .environment import _peak_rss_mb, environment
 from .run import BenchReport, BenchRow, BenchSettings
-from .targets import scratch_dir
+from .targets import Target, scratch_dir
 from .timing import LatencyStats, time_interleaved
 
 log = logging.getLogger(__name__)
@@ -47,13 +49,15 @@ class CpuPathSpec:
 
 
 PATHS = (
-    CpuPathSpec(REFERENCE, "hand export, ORT FP32 (reference)", "hand", None),
-    CpuPathSpec("ort-fp32", "stdc export, ORT FP32", "fp32", "onnxruntime"),
-    CpuPathSpec("ort-int8", "stdc quantize --target cpu, ORT", "int8-cpu", "onnxruntime"),
-    CpuPathSpec("ov-fp32", "OpenVINO FP32", "fp32", "openvino"),
-    CpuPathSpec("ov-bf16", "OpenVINO BF16", "fp32", "openvino", "bf16"),
-    CpuPathSpec("ov-int8", "--target cpu file, OpenVINO", "int8-cpu", "openvino"),
-    CpuPathSpec("ov-int8-nncf", "--target openvino (NNCF), OpenVINO", "int8-openvino", "openvino"),
+    CpuPathSpec(REFERENCE, "hand export, ORT fp32 (ref)", "hand", None),
+    CpuPathSpec("ort-fp32", "stdc export, ORT fp32", "fp32", "onnxruntime"),
+    CpuPathSpec("ort-int8", "int8 --target cpu, ORT", "int8-cpu", "onnxruntime"),
+    CpuPathSpec("ov-fp32", "OpenVINO fp32", "fp32", "openvino"),
+    CpuPathSpec("ov-bf16", "OpenVINO bf16", "fp32", "openvino", "bf16"),
+    CpuPathSpec("ov-int8", "int8 --target cpu, OV", "int8-cpu", "openvino"),
+    CpuPathSpec("ov-int8-bf16", "int8 --target cpu, OV +bf16", "int8-cpu", "openvino", "bf16"),
+    CpuPathSpec("ov-int8-nncf", "int8 --target openvino, OV", "int8-openvino", "openvino"),
+    CpuPathSpec("ov-int8-nncf-bf16", "int8 --target openvino, OV +bf16", "int8-openvino", "openvino", "bf16"),
 )
 
 
@@ -72,6 +76,23 @@ def available_paths() -> tuple[list[CpuPathSpec], list[str]]:
         else:
             paths.append(spec)
     return paths, skipped
+
+
+def target_network(target: Target):
+    """The PyTorch network behind ``target``: a checkpoint's, or a preset's random weights
+    (BN statistics measured on images, as :func:`~.targets.preset_artifact` makes them)."""
+    if target.artifact is not None:
+        from ..checkpoint import load_model
+        from ..core.artifacts import artifact_kind
+
+        if artifact_kind(target.artifact) != "checkpoint":
+            raise StdcError("the hand export is made from PyTorch weights: give a checkpoint or a preset",
+                            target.artifact)
+        return load_model(target.artifact)[0]
+    from ..synthetic import random_model
+
+    return random_model(target.preset.arch, seed=0, aux_heads=False, calib_size=(64, 128), calib_images=8,
+                        variant=target.preset.variant).eval()
 
 
 def hand_export(model, path: Path, size: tuple[int, int], batch: int = 1) -> Path:
@@ -111,10 +132,20 @@ def make_artifacts(model, size: tuple[int, int], batch: int, directory: Path, ke
     return files
 
 
-def _bare_session(path: Path, batch: np.ndarray) -> Callable[[], object]:
+def _precision(spec: CpuPathSpec) -> str:
+    if not spec.artifact.startswith("int8"):
+        return spec.precision
+    return "int8" if spec.precision == "fp32" else f"int8+{spec.precision}"
+
+
+def _bare_session(path: Path, batch: np.ndarray, threads: int | None) -> Callable[[], object]:
+    """A default InferenceSession, as users run one; with ``threads`` only its thread count set."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda: session.run(None, {name: batch})[0]
 
@@ -122,7 +153,8 @@ def _bare_session(path: Path, batch: np.ndarray) -> Callable[[], object]:
 def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSettings, threads: int | None = None,
                   on_row: Callable[[BenchRow], None] | None = None) -> tuple[BenchReport, list[str]]:
     """Time every available CPU path of ``model`` (an eval-mode STDCSeg) round-robin; rows
-    in :data:`PATHS` order, and the paths left out with why."""
+    in :data:`PATHS` order, and the paths left out with why. ``threads`` applies to every
+    path, the reference included (None: each runtime's default, all cores)."""
     from ..preprocess import normalize
     from ..synthetic import synthetic_images
 
@@ -141,7 +173,7 @@ def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSet
         try:
             for spec in paths:
                 if spec.backend is None:
-                    steps[spec.key] = _bare_session(files["hand"], batch)
+                    steps[spec.key] = _bare_session(files["hand"], batch, threads)
                 else:
                     backends.append(open_backend(files[spec.artifact], spec.backend, "cpu", spec.precision, threads))
                     steps[spec.key] = backends[-1].model_only_runner(batch)
@@ -156,7 +188,7 @@ def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSet
         stats = LatencyStats.from_seconds(samples[spec.key])
         row = BenchRow(model=name, arch=arch, height=size[0], width=size[1], batch=settings.batch,
                        backend=spec.backend or "onnxruntime (bare)", device="cpu",
-                       precision="int8" if spec.artifact.startswith("int8") else spec.precision, mode="model-only",
+                       precision=_precision(spec), mode="model-only",
                        latency=stats, fps=settings.batch * 1e3 / stats.mean_ms, peak_rss_mb=_peak_rss_mb(),
                        path=spec.label, vs_reference=reference.p50_ms / stats.p50_ms,
                        label_agreement=float((outputs[spec.key] == outputs["ort-fp32"]).mean()))
@@ -167,4 +199,5 @@ def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSet
     return report, skipped
 
 
-__all__ = ["PATHS", "REFERENCE", "CpuPathSpec", "available_paths", "hand_export", "make_artifacts", "run_cpu_paths"]
+__all__ = ["PATHS", "REFERENCE", "CpuPathSpec", "available_paths", "hand_export", "make_artifacts", "run_cpu_paths",
+           "target_network"]

@@ -175,6 +175,8 @@ def run_bench(targets: Sequence[Target], backends: Sequence[str | None], setting
                 backend_name, backend_device = requested, device
                 if target.artifact is None and requested is None:
                     backend_name, backend_device = default_backend(device)
+                    if precision == "auto" and backend_name == "onnxruntime":
+                        backend_name = None  # auto chooses the ONNX runtime itself
                 artifact = target.artifact
                 if artifact is None:
                     kind = "checkpoint" if backend_name == "torch" else "onnx"

@@ -75,25 +75,14 @@ def cpu_paths_table(rows: list[BenchRow]) -> Table:
 def _bench_cpu_paths(targets: list[Target], settings: BenchSettings, threads: int | None,
                      backend: list[str] | None, device: str | None, precision: str) -> BenchReport:
     """--cpu-paths: every CPU path of each target against its hand export, round-robin."""
-    from ..bench.cpu_paths import run_cpu_paths
-    from ..synthetic import random_model
+    from ..bench.cpu_paths import run_cpu_paths, target_network
 
     if backend or (device and device != "cpu") or precision != "fp32":
         raise StdcError("--cpu-paths times every CPU backend and precision itself; leave out --backend, --device "
                         "and --precision")
     combined = BenchReport()
     for target in targets:
-        if target.artifact is not None:
-            from ..core.artifacts import artifact_kind
-            from ..checkpoint import load_model
-
-            if artifact_kind(target.artifact) != "checkpoint":
-                raise StdcError("--cpu-paths makes the hand export from PyTorch weights: give a checkpoint, "
-                                "--arch or --preset", target.artifact)
-            network, _ = load_model(target.artifact)
-        else:
-            network = random_model(target.preset.arch, seed=0, aux_heads=False, calib_size=(64, 128), calib_images=8,
-                                   variant=target.preset.variant).eval()
+        network = target_network(target)
         console.print(f"{target.name}: exporting by hand and with stdc, quantizing, then timing round-robin "
                       f"({settings.describe('cpu')}, every path once per round)")
         report, skipped = run_cpu_paths(network, name=target.name, size=target.size, settings=settings,

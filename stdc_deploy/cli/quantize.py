@@ -49,4 +49,7 @@ def quantize(
     console.print(f"calibrated on {facts['calibration_images']} images ({method}); on {facts['holdout_images']} "
                   f"held-out images INT8 vs FP32: label agreement {facts['label_agreement']:.2%}, "
                   f"logit SNR {facts['snr_db']:.1f} dB")
+    if facts["bf16_label_agreement"] is not None:
+        console.print(f"in OpenVINO with bf16 for the layers left in float: label agreement "
+                      f"{facts['bf16_label_agreement']:.2%}")
     console.print(f"{verb} {result.path} ({result.size_bytes / 2**20:.1f} MiB, int8 {target})")

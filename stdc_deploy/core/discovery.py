@@ -3,7 +3,8 @@
 The rule: the newest engine in ``engines/`` that fits this GPU and TensorRT (its sidecar
 says which it was built for), else the newest **FP32** ONNX file in ``models/``. Reduced
 precision (FP16 / INT8 exports) is never picked silently: those files are listed as passed
-over, with how to use them. Callers print :attr:`Choice.reason` and :attr:`Choice.skipped`.
+over, with how to use them (``--precision auto`` may then run an INT8 file quantized from the
+chosen FP32 file, and says so; see :mod:`stdc_deploy.backends.cpu`). Callers print :attr:`Choice.reason` and :attr:`Choice.skipped`.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def find_default_model(models_dir: Path = MODELS_DIR, engines_dir: Path = ENGINE
             continue
         (fp32 if precision == "fp32" else reduced).append((path, precision))
     for path, precision in reduced:
-        skipped.append(f"skipped {path}: {precision} (reduced precision is used only when named: --model {path})")
+        skipped.append(f"skipped {path}: {precision} (reduced precision is used only when named, --model {path}, "
+                       "or when --precision auto finds it quantized from the chosen FP32 file)")
     if fp32:
         chosen = _newest([p for p, _ in fp32])
         others = f", {len(fp32) - 1} other FP32 file(s) there" if len(fp32) > 1 else ""
