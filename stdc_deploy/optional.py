@@ -15,6 +15,7 @@ from .errors import MissingDependencyError
 INSTALL_HINTS = {
     "onnxruntime": "pip install onnxruntime (or 'stdc-deploy[gpu]' for the CUDA build)",
     "openvino": "pip install 'stdc-deploy[openvino]'",
+    "nncf": "pip install 'stdc-deploy[openvino]'",
     "tensorrt": ("pip install --extra-index-url https://pypi.nvidia.com tensorrt "
                  "(needs an NVIDIA GPU and driver; see README, 'TensorRT')"),
     "matplotlib": "pip install 'stdc-deploy[plot]'",
