@@ -6,7 +6,9 @@ From one checkpoint: the FP32 and FP16 ONNX exports, INT8 Q/DQ models for both `
 quantize` targets and every calibration method (calibrated on ``--calib``, never on the
 evaluation images), then one `stdc eval` of all ONNX files in ONNX Runtime against the FP32
 export with ``--max-drop``, and OpenVINO runs (BF16 on the FP32 file where the CPU has it,
-INT8 on the `cpu` target's minmax file). Prints one table: artifact, runtime, mIoU, drop.
+INT8 on the `cpu` target's minmax file and on the NNCF file, with its float layers in f32
+and in bf16) and `--precision auto` on the FP32 file (what the default CPU path picks).
+Prints one table: artifact, runtime, mIoU, drop.
 
 Usage::
 
@@ -68,24 +70,35 @@ def main() -> None:
             stdc("quantize", str(fp32), "--calib", args.calib, "--target", target, "--method", method, "-o", str(path),
                  "--overwrite")
             int8[(target, method)] = path
+    nncf = work / "int8-openvino-nncf.onnx"
+    made = stdc("quantize", str(fp32), "--calib", args.calib, "--target", "openvino", "-o", str(nncf), "--overwrite")
+    if made.returncode:
+        print(f"NNCF: not run ({made.stderr.strip().splitlines()[-1]})")
     onnx_models = [fp32, fp16, *int8.values()]
     scores, output = evaluate(onnx_models, data, work / "eval.json", "--max-drop", args.max_drop)
     gate = next((line for line in output.splitlines() if line.startswith("error:")), "all within the gate")
     rows = [(s["model"], s["backend"], s["miou"]) for s in scores]
     openvino = [("bf16", fp32, ["--backend", "openvino", "--precision", "bf16"]),
                 ("int8", int8[("cpu", "minmax")], ["--backend", "openvino"])]
-    for name, path, extra in openvino:
-        result, text = evaluate([path], data, work / f"eval-openvino-{name}.json", *extra)
+    if nncf.is_file():
+        openvino += [("int8", nncf, ["--backend", "openvino"]),
+                     ("int8 + bf16", nncf, ["--backend", "openvino", "--precision", "bf16"])]
+    openvino.append(("auto", fp32, ["--precision", "auto"]))
+    for i, (name, path, extra) in enumerate(openvino):
+        result, text = evaluate([path], data, work / f"eval-{i}.json", *extra)
         if result:
-            rows.append((f"{path.name} ({name})", "openvino", result[0]["miou"]))
+            chosen = next((line for line in text.splitlines() if line.startswith("CPU path:")), "")
+            if chosen:
+                print(chosen)
+            rows.append((f"{path.name} ({name})", result[0]["backend"], result[0]["miou"]))
         else:
             print(f"OpenVINO {name}: not run ({text.strip().splitlines()[-1]})")
 
     reference = rows[0][2]
     print(f"checkpoint {args.checkpoint}; {args.images}; export {args.size}")
-    print(f"{'artifact':<34} {'runtime':<12} {'mIoU %':>7} {'drop (points)':>14}")
+    print(f"{'artifact':<40} {'runtime':<12} {'mIoU %':>7} {'drop (points)':>14}")
     for name, backend, miou in rows:
-        print(f"{name:<34} {backend:<12} {miou * 100:7.2f} {(reference - miou) * 100:14.2f}")
+        print(f"{name:<40} {backend:<12} {miou * 100:7.2f} {(reference - miou) * 100:14.2f}")
     print(f"stdc eval --max-drop {args.max_drop}: {gate}")
 
 

@@ -27,14 +27,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .errors import InvalidValue, StdcError
 from .outputs import write_image
 from .core.fileio import OutputExistsError, check_outputs, check_writable_dir
 from .pipeline import StageTimes
 from .preprocess import PROTOCOLS
-from .segmenter import Frame, Prediction, Segmenter
+from .segmenter import Frame, Segmenter, check_image
 from .sources import Source, read_image
 from .video import AtomicVideoWriter, VideoReader, check_codec, codec_for, encoder_for, output_suffix
+from .visualize import colorize, overlay
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ class InferOptions:
 @dataclass
 class InferReport:
     frames: int = 0  # frames segmented
+    videos: int = 0  # videos, cameras and streams finished (interrupted ones included)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     written: list[Path] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C or SIGTERM: the outputs so far are complete files
@@ -97,6 +101,19 @@ class InferReport:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def merge(self, other: InferReport) -> None:
+        """Add a part run elsewhere (another process or machine); ``seconds`` stays this run's."""
+        self.frames += other.frames
+        self.videos += other.videos
+        self.failed += other.failed
+        self.written += other.written
+        self.notes += [note for note in other.notes if note not in self.notes]
+        self.interrupted = self.interrupted or other.interrupted
+        self.signal = self.signal or other.signal
+        for stage, seconds in other.times.seconds.items():
+            self.times.add(stage, seconds)
+        self.times.frames += other.times.frames
 
 
 class ProgressSink:
@@ -112,7 +129,9 @@ class ProgressSink:
 
 
 @dataclass
-class _VideoPlan:
+class VideoPlan:
+    """One video, camera or stream and its planned outputs (None: not requested)."""
+
     source: Path | int | str
     name: str
     overlay: Path | None
@@ -135,11 +154,11 @@ def _stream_stem(stream: int | str) -> str:
     if isinstance(stream, int):
         return f"camera{stream}"
     stem = re.sub(r"[^A-Za-z0-9]+", "_", stream.split("://", 1)[-1]).strip("_")
-    return stem[:60] or "stream"
+    return stem[-60:] or "stream"  # the end names the stream (file, path); hosts and folders come first
 
 
 def _video_plan(source_path: Path | int | str, stem: str, out_dir: Path, options: InferOptions,
-                save: tuple[str, ...]) -> _VideoPlan:
+                save: tuple[str, ...]) -> VideoPlan:
     suffix = output_suffix(source_path.suffix if isinstance(source_path, Path) else ".mp4", options.codec)
     overlay = out_dir / f"{stem}_overlay{suffix}" if "overlay" in save else None
     color = out_dir / f"{stem}_color{suffix}" if "color" in save else None
@@ -149,10 +168,13 @@ def _video_plan(source_path: Path | int | str, stem: str, out_dir: Path, options
         elif "color" in save:
             color = options.output
     masks = out_dir / f"{stem}_masks" if "mask" in save else None
-    return _VideoPlan(source_path, str(source_path), overlay, color, masks)
+    return VideoPlan(source_path, str(source_path), overlay, color, masks)
 
 
-def plan_outputs(source: Source, options: InferOptions) -> tuple[list[tuple[Path, dict[str, Path]]], list[_VideoPlan]]:
+ImagePlan = tuple[Path, dict[str, Path]]  # an input image and its outputs by kind
+
+
+def plan_outputs(source: Source, options: InferOptions) -> tuple[list[ImagePlan], list[VideoPlan]]:
     """Every output path, decided before any work; refuses to replace existing outputs."""
     if options.output is not None and (len(source.videos) + (source.stream is not None) != 1 or source.images):
         raise InvalidValue("output", "names one video file; for several inputs give an output folder (out_dir)")
@@ -183,15 +205,22 @@ def plan_outputs(source: Source, options: InferOptions) -> tuple[list[tuple[Path
     return images, videos
 
 
+def read_frame(index: int, path: Path) -> Frame:
+    """An image file as a :class:`Frame`; one that cannot be read or used carries the reason."""
+    try:
+        image = read_image(path)
+        check_image(image)
+    except StdcError as exc:
+        return Frame(index, None, str(path), error=exc.message)
+    return Frame(index, image, str(path))
+
+
 def _read_frames(paths: list[Path]) -> Iterator[Frame]:
     for index, path in enumerate(paths):
-        try:
-            yield Frame(index, read_image(path), str(path))
-        except StdcError as exc:
-            yield Frame(index, None, str(path), error=exc.message)
+        yield read_frame(index, path)
 
 
-def run_images(segmenter: Segmenter, plans: list[tuple[Path, dict[str, Path]]], options: InferOptions,
+def run_images(segmenter: Segmenter, plans: list[ImagePlan], options: InferOptions,
                report: InferReport, progress: ProgressSink) -> None:
     paths = [p for p, _ in plans]
     outputs = dict(plans)
@@ -207,23 +236,27 @@ def run_images(segmenter: Segmenter, plans: list[tuple[Path, dict[str, Path]]], 
         if not prediction.ok:
             continue
         start = time.perf_counter()
-        _save_image_outputs(segmenter, prediction, outputs[Path(prediction.frame.name)], options, report)
+        report.written += write_image_outputs(prediction.frame.image, prediction.labels,
+                                              outputs[Path(prediction.frame.name)], segmenter.num_classes,
+                                              options.alpha)
         report.times.add("write", time.perf_counter() - start)
         report.frames += 1
         progress.advance()
 
 
-def _save_image_outputs(segmenter: Segmenter, prediction: Prediction, outputs: dict[str, Path],
-                        options: InferOptions, report: InferReport) -> None:
-    image, labels = prediction.frame.image, prediction.labels
+def write_image_outputs(image: np.ndarray, labels: np.ndarray, outputs: dict[str, Path], num_classes: int,
+                        alpha: float) -> list[Path]:
+    """Write one image's planned outputs (``mask``, ``color``, ``overlay``), each atomically."""
+    written = []
     for kind, path in outputs.items():
         if kind == "mask":
             picture = labels
         elif kind == "color":
-            picture = segmenter.colorize(labels)
+            picture = colorize(labels, num_classes)
         else:
-            picture = segmenter.overlay(image, labels, options.alpha)
-        report.written.append(write_image(path, picture))
+            picture = overlay(image, labels, num_classes, alpha)
+        written.append(write_image(path, picture))
+    return written
 
 
 def interrupt_signal(exc: KeyboardInterrupt) -> int:
@@ -231,12 +264,12 @@ def interrupt_signal(exc: KeyboardInterrupt) -> int:
     return int(getattr(exc, "signum", signal.SIGINT))
 
 
-def _interrupted(report: InferReport, exc: KeyboardInterrupt) -> None:
+def mark_interrupted(report: InferReport, exc: KeyboardInterrupt) -> None:
     report.interrupted = True
     report.signal = report.signal or interrupt_signal(exc)
 
 
-def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, report: InferReport,
+def run_video(segmenter: Segmenter, plan: VideoPlan, options: InferOptions, report: InferReport,
               progress: ProgressSink) -> None:
     """Segment one video, camera or stream into its outputs.
 
@@ -294,7 +327,7 @@ def run_video(segmenter: Segmenter, plan: _VideoPlan, options: InferOptions, rep
             progress.advance()
         finished = True
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
-        _interrupted(report, exc)
+        mark_interrupted(report, exc)
         finished = True  # keep what was done: a playable video of the frames so far
     finally:
         reader.close()
@@ -332,8 +365,10 @@ def run_infer(segmenter: Segmenter, source: Source, options: InferOptions,
                     raise
                 report.failed.append((plan.name, exc.message))
                 progress.error(plan.name, exc.message)
+            else:
+                report.videos += 1
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
-        _interrupted(report, exc)
+        mark_interrupted(report, exc)
     finally:
         report.seconds = time.perf_counter() - start
         progress.finish()

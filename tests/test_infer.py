@@ -177,7 +177,7 @@ def test_folder_with_a_corrupt_image(runner, onnx_model, tmp_path):
     (src / "broken.png").write_bytes(b"\x89PNG not really")
     out = tmp_path / "out"
     result = runner.invoke(app, ["infer", str(src), "-m", str(onnx_model), "-d", str(out), "--recursive",
-                                 "--save", "mask,color,overlay", "--no-progress", "--batch", "2"])
+                                 "--save", "mask,color,overlay", "--no-progress", "--batch", "2", "--precision", "fp32"])
     assert result.exit_code == 1
     assert f"{src / 'broken.png'}: not a readable image" in result.stderr
     produced = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())

@@ -96,7 +96,7 @@ def test_infer_and_eval_write_identical_labels(exported, tmp_path):
     images_dir, masks_dir, paths = write_generic_dataset(tmp_path)
     runner = CliRunner()
     infer = runner.invoke(app, ["infer", str(images_dir), "-m", str(static), "-d", str(tmp_path / "infer"),
-                                "--save", "mask", "--no-progress"])
+                                "--save", "mask", "--no-progress", "--precision", "fp32"])
     assert infer.exit_code == 0, infer.output
     evaluated = runner.invoke(app, ["eval", "-m", str(static), "--images", str(images_dir), "--masks", str(masks_dir),
                                     "--num-classes", "19", "--save-predictions", str(tmp_path / "eval"),

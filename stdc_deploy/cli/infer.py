@@ -97,7 +97,7 @@ def infer(
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Frames per inference call.")] = 1,
     backend: BackendOption = None,
     device: DeviceOption = None,
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = "auto",
     threads: ThreadsOption = None,
     size: Annotated[str | None, typer.Option(
         "--size", "-s", help="Network input HxW for dynamic models and checkpoints (default: the export size).")] = None,
