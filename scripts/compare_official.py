@@ -300,7 +300,7 @@ def main() -> None:
         extra = [] if protocol == "official" else ["--protocol", "fast"]
         timer.times[f"stdc infer, {protocol} (process)"] = run_cli(
             ["infer", str(png), "-m", str(onnx_path), "-d", str(out_dir), "--save", "mask", "--no-progress",
-             "--overwrite", *extra])
+             "--overwrite", "--precision", "fp32", *extra])
     masks = {p: read_mask(d) for p, d in dirs.items()}
 
     # report
