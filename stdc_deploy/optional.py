@@ -19,6 +19,7 @@ INSTALL_HINTS = {
     "tensorrt": ("pip install --extra-index-url https://pypi.nvidia.com tensorrt "
                  "(needs an NVIDIA GPU and driver; see README, 'TensorRT')"),
     "matplotlib": "pip install 'stdc-deploy[plot]'",
+    "ray": "pip install 'stdc-deploy[ray]' (Ray Data; on a cluster, on every node)",
     "av": "pip install av",
     "torch": "pip install torch",
 }

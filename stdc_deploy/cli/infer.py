@@ -15,6 +15,8 @@ from ..core.discovery import find_default_model
 from ..errors import StdcError
 from ..jobs import InferOptions, InferReport, ProgressSink, parse_save, run_infer
 from ..preprocess import PROTOCOLS
+from ..scaleout import ModelSpec
+from ..scaleout.ray import RayOptions, run_infer_ray
 from ..segmenter import Segmenter
 from ..sources import resolve_source
 from .common import BACKEND_HELP, PrecisionOption, ThreadsOption, command, console, err_console, parse_size
@@ -23,6 +25,7 @@ ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", help="Checkpoint, .onnx or engine. Default: the best artifact in engines/ or models/.")]
 BackendOption = Annotated[str | None, typer.Option("--backend", help=BACKEND_HELP)]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: cuda if usable).")]
+EXECUTORS = ("local", "ray")
 
 
 class _RichProgress(ProgressSink):
@@ -70,6 +73,18 @@ def _report_precision(segmenter: Segmenter, model: Path, size: tuple[int, int] |
                   f"{agreement * 100:.2f}%", highlight=False)
 
 
+def _infer_on_ray(spec: ModelSpec, source, options: InferOptions, ray_options: RayOptions,
+                  progress: bool) -> InferReport:
+    gpus = f", {ray_options.gpus_per_worker:g} GPU" if ray_options.gpus_per_worker else ""
+    console.print(f"{source.description}: {spec.model} on Ray, {ray_options.workers} worker(s) of "
+                  f"{ray_options.cpus_per_worker:g} CPU{gpus}", highlight=False)
+    report = run_infer_ray(spec, source, options, ray_options, progress=_RichProgress(progress))
+    _summary(report)
+    if report.videos:
+        console.print(f"{report.videos} video(s) done", highlight=False)
+    return report
+
+
 def _summary(report: InferReport) -> None:
     times = report.times
     if report.frames:
@@ -115,6 +130,21 @@ def infer(
     benchmark: Annotated[bool, typer.Option(
         "--benchmark", help="Also time the model alone on this backend and report end-to-end vs model-only FPS.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="local: this process; ray: a Ray cluster (the ray extra). With ray, the inputs, the model "
+                           "and --out-dir must be at the same paths on every node (a shared file system).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="With --executor ray: the cluster to join (auto, HOST:6379, ray://HOST:10001). "
+                              "Default: RAY_ADDRESS, else a Ray started on this machine for the run.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="With --executor ray: inference workers for images, and videos at a time "
+                                 "(default 1).")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option(
+        "--gpus-per-worker", min=0.0, help="With --executor ray: GPUs per worker; fractions share one "
+                                           "(default 0).")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(
+        "--cpus-per-worker", min=0.01, help="With --executor ray: CPUs per worker, also its runtime threads unless "
+                                            "--threads (default 1).")] = None,
 ) -> None:
     """Segment SOURCE and write label masks, colour masks, overlays or videos.
 
@@ -123,6 +153,15 @@ def infer(
     """
     if protocol is not None and protocol not in PROTOCOLS:
         raise StdcError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    if executor not in EXECUTORS:
+        raise StdcError(f"--executor {executor!r}: choose one of {', '.join(EXECUTORS)}")
+    ray_flags = {"--ray-address": ray_address, "--workers": workers, "--gpus-per-worker": gpus_per_worker,
+                 "--cpus-per-worker": cpus_per_worker}
+    given = [flag for flag, value in ray_flags.items() if value is not None]
+    if executor == "local" and given:
+        raise StdcError(f"{', '.join(given)}: only with --executor ray")
+    if executor == "ray" and benchmark:
+        raise StdcError("--benchmark times the model on this machine; run it without --executor ray")
     options = InferOptions(out_dir=out_dir, output=output, save=parse_save(save), alpha=alpha, batch=batch,
                            overwrite=overwrite, max_frames=max_frames, protocol=protocol,
                            codec=codec)
@@ -134,6 +173,10 @@ def infer(
             console.print(f"  {note}", highlight=False)
         model = choice.path
     input_size = parse_size(size) if size else None
+    if executor == "ray":
+        ray_options = RayOptions(ray_address, workers or 1, gpus_per_worker or 0.0, cpus_per_worker or 1.0)
+        spec = ModelSpec(model, backend, device, precision, input_size, threads)
+        return _finish(_infer_on_ray(spec, resolved, options, ray_options, progress))
     with Segmenter(model, backend=backend, device=device, precision=precision, size=input_size,
                    protocol=protocol or "official", threads=threads) as segmenter:
         if segmenter.backend.cpu_path is not None:
@@ -152,6 +195,11 @@ def infer(
             console.print(f"benchmark ({segmenter.backend.describe()}, batch {batch}): end to end "
                           f"{report.fps:.2f} FPS, model only {model_only:.2f} FPS (mean of before and after) "
                           f"-> {report.fps / model_only * 100:.1f}%", highlight=False)
+    _finish(report)
+
+
+def _finish(report: InferReport) -> None:
+    """What was written, notes, and the exit code: 128 + signal when interrupted, 1 when inputs failed."""
     if report.written:
         shown = [str(p) for p in report.written if not p.parent.name.endswith("_masks")][:3]
         more = len(report.written) - len(shown)

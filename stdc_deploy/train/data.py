@@ -10,7 +10,9 @@ change what the network sees.
 from __future__ import annotations
 
 import os
+import signal
 import struct
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -208,17 +210,34 @@ class BatchSource(torch.utils.data.Dataset):
         return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
 
 
+def iterate(loader: torch.utils.data.DataLoader):
+    """``iter(loader)``, its worker processes started with Ctrl-C / SIGTERM ignored (a
+    disposition a new process keeps), so that a Ctrl-C at the terminal, which reaches the whole
+    process group, stops only the main process, between iterations."""
+    if not loader.num_workers or threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return iter(loader)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _quiet_worker(_: int) -> None:
     """Workers leave Ctrl-C to the main process, which stops between iterations."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
 def batches(source: BatchSource, start: int, stop: int, workers: int) -> torch.utils.data.DataLoader:
-    """The batches of iterations ``start`` .. ``stop - 1``, in order, built by ``workers`` processes."""
+    """The batches of iterations ``start`` .. ``stop - 1``, in order, built by ``workers`` processes.
+
+    Workers are spawned, not forked: a fork copies a process whose runtimes (OpenMP, TBB,
+    ONNX Runtime, OpenVINO) may hold threads and locks mid-use, which crashes the copy.
+    """
     return torch.utils.data.DataLoader(source, batch_size=None, sampler=range(start, stop), num_workers=workers,
                                        worker_init_fn=_quiet_worker if workers else None,
+                                       multiprocessing_context="spawn" if workers else None,
                                        persistent_workers=False, prefetch_factor=2 if workers else None)

@@ -32,7 +32,7 @@ from ..core.metadata import ArtifactMetadata
 from ..errors import InvalidValue, StdcError
 from ..evaluate import Dataset, Sample, cityscapes_dataset, evaluate, generic_dataset
 from ..models import create_model, get_arch
-from .data import Augment, BatchSource, batches, check_samples, split_samples
+from .data import Augment, BatchSource, batches, check_samples, iterate, split_samples
 from .losses import recipe_losses
 from .schedule import default_warmup, learning_rate, make_optimizer, set_learning_rate
 from .weights import InitReport, checkpoint_state_dict, init_from, official_init
@@ -392,7 +392,7 @@ def train(config: TrainConfig, output: str | Path, *, device: str = "cpu", worke
             loader = batches(source, iteration, config.iters, workers)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-                for images, labels in loader:
+                for images, labels in iterate(loader):
                     lr = learning_rate(iteration, config.lr, config.iters, config.warmup_iters)
                     set_learning_rate(optimizer, lr)
                     images = images.to(device, non_blocking=True)
