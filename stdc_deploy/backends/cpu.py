@@ -122,7 +122,9 @@ class CpuPath:
     reason: str
 
     def describe(self) -> str:
-        return f"CPU path: {self.label} ({self.artifact}; {self.reason}) - `--precision fp32` for full precision"
+        reduced = self.precision != "fp32" or "INT8" in self.label
+        hint = " - `--precision fp32` for full precision" if reduced else ""
+        return f"CPU path: {self.label} ({self.artifact}; {self.reason}){hint}"
 
 
 def int8_details(path: str | os.PathLike) -> dict:
