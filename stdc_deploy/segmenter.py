@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Backend, open_backend
+from .core.metadata import ArtifactMetadata
 from .errors import InvalidValue, StdcError
 from .pipeline import Stage, StageTimes, run_pipeline
 from .postprocess import to_labels
@@ -55,6 +56,19 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
+def network_input_size(metadata: ArtifactMetadata, size: tuple[int, int] | None = None,
+                       artifact: str | Path | None = None) -> tuple[int, int]:
+    """The network input (height, width) for a requested ``size``: a static model's own size
+    (another ``size`` is refused), else ``size``, else the size a dynamic model was verified at."""
+    if metadata.input_height is not None and metadata.input_width is not None:
+        fixed = (metadata.input_height, metadata.input_width)
+        if size is not None and tuple(size) != fixed:
+            raise InvalidValue("size", f"this model takes {fixed[0]}x{fixed[1]} input, not {size[0]}x{size[1]} "
+                                       "(export a dynamic model for other sizes)", artifact)
+        return fixed
+    return tuple(size) if size else (metadata.opt_height, metadata.opt_width)
+
+
 class Segmenter:
     """Segment BGR images with a checkpoint, ONNX file, engine or an opened :class:`Backend`.
 
@@ -75,15 +89,11 @@ class Segmenter:
         self.backend = (open_backend(model, backend, device, precision, threads) if self._owns_backend
                         else model.open())
         self.metadata = self.backend.metadata
-        spec = self.backend.input_spec
-        if spec.height is not None and spec.width is not None:
-            if size is not None and tuple(size) != (spec.height, spec.width):
-                self.close()
-                raise InvalidValue("size", f"this model takes {spec.height}x{spec.width} input, not "
-                                           f"{size[0]}x{size[1]} (export a dynamic model for other sizes)",
-                                   self.backend.artifact)
-            size = (spec.height, spec.width)
-        self.input_size = tuple(size) if size else (self.metadata.opt_height, self.metadata.opt_width)
+        try:
+            self.input_size = network_input_size(self.metadata, size, self.backend.artifact)
+        except InvalidValue:
+            self.close()
+            raise
 
     @property
     def num_classes(self) -> int:

@@ -42,3 +42,15 @@ def sample_input() -> torch.Tensor:
 def logits_of(model, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         return model.eval()(x).numpy()
+
+
+@pytest.fixture(scope="session")
+def dynamic_onnx(official_checkpoints, tmp_path_factory) -> Path:
+    """Dynamic ONNX export (verified at 64x128) of the random-weight STDC1 checkpoint."""
+    from stdc_deploy.checkpoint import load_model
+    from stdc_deploy.export import OnnxExportOptions, export_onnx
+
+    path = tmp_path_factory.mktemp("dynamic-onnx") / "stdc1-dynamic.onnx"
+    model, info = load_model(official_checkpoints["stdc1"])
+    export_onnx(model, path, OnnxExportOptions(height=64, width=128, dynamic=True), checkpoint=info)
+    return path

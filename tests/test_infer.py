@@ -25,12 +25,8 @@ SIZE = (64, 128)  # network input: small keeps the suite fast
 
 
 @pytest.fixture(scope="module")
-def onnx_model(official_checkpoints, tmp_path_factory) -> Path:
-    """Dynamic ONNX export (verified at 64x128) of the random-weight STDC1 checkpoint."""
-    path = tmp_path_factory.mktemp("infer") / "stdc1-dynamic.onnx"
-    model, info = load_model(official_checkpoints["stdc1"])
-    export_onnx(model, path, OnnxExportOptions(height=SIZE[0], width=SIZE[1], dynamic=True), checkpoint=info)
-    return path
+def onnx_model(dynamic_onnx) -> Path:
+    return dynamic_onnx
 
 
 @pytest.fixture

@@ -19,11 +19,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from stdc_deploy.checkpoint import load_model
 from stdc_deploy.cli import app
 from stdc_deploy.core.fileio import OutputExistsError
 from stdc_deploy.errors import InvalidValue, StdcError
-from stdc_deploy.export import OnnxExportOptions, export_onnx
 from stdc_deploy.jobs import InferOptions, parse_save, plan_outputs, run_infer
 from stdc_deploy.scaleout import BatchSegmenter, ModelSpec
 from stdc_deploy.segmenter import Segmenter
@@ -49,11 +47,8 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def onnx_model(official_checkpoints, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ray-model") / "stdc1-dynamic.onnx"
-    model, info = load_model(official_checkpoints["stdc1"])
-    export_onnx(model, path, OnnxExportOptions(height=SIZE[0], width=SIZE[1], dynamic=True), checkpoint=info)
-    return path
+def onnx_model(dynamic_onnx) -> Path:
+    return dynamic_onnx
 
 
 @pytest.fixture

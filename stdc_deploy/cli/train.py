@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import InvalidValue, StdcError
 from ..train import Monitor, Run, RunFiles, TrainConfig, read_state, train
 from ..train.data import common_size
+from ..train.weights import init_network
 from .common import OverwriteOption, command, console, err_console, parse_size
 
 CITYSCAPES_SIZE = (512, 1024)  # the official 1024x512 (WxH) crop
@@ -39,19 +40,6 @@ def _parse_range(text: str) -> tuple[float, float]:
     except ValueError:
         raise InvalidValue("scale_range", f"expected MIN,MAX such as 0.5,1.5, got {text!r}") from None
     return low, high
-
-
-def _init_model(path: str) -> tuple[str | None, str | None]:
-    """(arch, variant) of an --init file, where it tells them."""
-    from ..checkpoint import detect_arch, inspect_checkpoint, read_state_dict
-    from ..train.weights import _imagenet_backbone
-
-    raw = read_state_dict(path)
-    backbone = _imagenet_backbone(raw)
-    if backbone is not None:
-        return detect_arch(backbone), None
-    _, info = inspect_checkpoint(raw, path=path, keep_aux_heads=True)
-    return info.arch, info.variant
 
 
 def _fit_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -210,7 +198,7 @@ def _new_config(given: dict) -> TrainConfig:
     elif given.setdefault("num_classes", 19) != 19:
         raise StdcError("Cityscapes has 19 training classes; --num-classes is for the generic layout")
     if "init" in given and ("arch" not in given or "variant" not in given):
-        init_arch, init_variant = _init_model(given["init"])
+        init_arch, init_variant = init_network(given["init"])
         given.setdefault("arch", init_arch)
         if init_variant is not None:
             given.setdefault("variant", init_variant)

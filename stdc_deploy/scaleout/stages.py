@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from ..core.artifacts import read_metadata
-from ..errors import InvalidValue, StdcError
+from ..errors import StdcError
 from ..jobs import SAVE_KINDS, InferOptions, InferReport, ProgressSink, VideoPlan, read_frame, run_video, \
     write_image_outputs
 from ..postprocess import to_labels
 from ..preprocess import normalize
-from ..segmenter import Segmenter
+from ..segmenter import Segmenter, network_input_size
 
 Batch = dict[str, np.ndarray]
 
@@ -62,14 +62,7 @@ class ModelSpec:
     def input_size(self) -> tuple[int, int]:
         """The network input (height, width), from the artifact's metadata alone: the caller
         need not be able to open the model (a driver without the workers' GPU)."""
-        metadata = read_metadata(self.model)
-        if metadata.dynamic:
-            return self.size or (metadata.opt_height, metadata.opt_width)
-        fixed = (metadata.input_height, metadata.input_width)
-        if self.size is not None and self.size != fixed:
-            raise InvalidValue("size", f"this model takes {fixed[0]}x{fixed[1]} input, not {self.size[0]}x"
-                                       f"{self.size[1]} (export a dynamic model for other sizes)", self.model)
-        return fixed
+        return network_input_size(read_metadata(self.model), self.size, self.model)
 
 
 def object_column(items: list) -> np.ndarray:

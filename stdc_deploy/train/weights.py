@@ -54,7 +54,7 @@ class InitReport:
     lines: list[str] = field(default_factory=list)
 
 
-def _imagenet_backbone(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def imagenet_backbone(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """``cp.backbone.features.*`` tensors of an ImageNet STDCNet file, else None."""
     sd = strip_prefix(state_dict)
     if not any(k.startswith("features.") for k in sd) or any(k.startswith("cp.") for k in sd):
@@ -62,12 +62,23 @@ def _imagenet_backbone(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return {f"cp.backbone.{k}": v for k, v in sd.items() if k.startswith("features.")}
 
 
+def init_network(path: str | os.PathLike) -> tuple[str, str | None]:
+    """(architecture, variant) of an ``--init`` file; the variant is None for an ImageNet
+    backbone, which has no head."""
+    raw = read_state_dict(path)
+    backbone = imagenet_backbone(raw)
+    if backbone is not None:
+        return detect_arch(backbone), None
+    _, info = inspect_checkpoint(raw, path=path, keep_aux_heads=True)
+    return info.arch, info.variant
+
+
 def init_from(model: STDCSeg, path: str | os.PathLike) -> InitReport:
     """Load what fits from ``path`` into ``model`` (see the module doc); raise
     :class:`CheckpointError` naming the tensors that cannot fit."""
     raw = read_state_dict(path)
     target = model.state_dict()
-    backbone = _imagenet_backbone(raw)
+    backbone = imagenet_backbone(raw)
     if backbone is not None:
         arch = detect_arch(backbone)
         if arch != model.cfg.name:
