@@ -16,6 +16,7 @@ from .eval import eval_command
 from .infer import infer
 from .info import info
 from .quantize import quantize
+from .serve import serve
 from .train import train_command
 from .verify import verify
 
@@ -48,6 +49,7 @@ def main_callback(
 app.add_typer(export.app, name="export")
 app.command()(infer)
 app.command()(bench)
+app.command()(serve)
 app.command()(quantize)
 app.command()(verify)
 app.command("build-engine")(build_engine_command)
