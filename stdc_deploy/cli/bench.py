@@ -77,7 +77,7 @@ def _bench_cpu_paths(targets: list[Target], settings: BenchSettings, threads: in
     """--cpu-paths: every CPU path of each target against its hand export, round-robin."""
     from ..bench.cpu_paths import run_cpu_paths, target_network
 
-    if backend or (device and device != "cpu") or precision != "fp32":
+    if backend or (device and device != "cpu") or precision not in ("auto", "fp32"):
         raise StdcError("--cpu-paths times every CPU backend and precision itself; leave out --backend, --device "
                         "and --precision")
     combined = BenchReport()
@@ -122,7 +122,7 @@ def bench(
     backend: Annotated[list[str] | None, typer.Option(
         "--backend", help="Repeat to compare: torch, onnxruntime, openvino (default: the fastest available).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N.")] = None,
-    precision: PrecisionOption = "fp32",
+    precision: PrecisionOption = "auto",
     threads: ThreadsOption = None,
     cpu_paths: Annotated[bool, typer.Option(
         "--cpu-paths", help="Time every CPU path (ORT/OpenVINO, FP32/BF16/INT8) against a hand torch.onnx export of "
