@@ -21,6 +21,10 @@ INSTALL_HINTS = {
     "matplotlib": "pip install 'stdc-deploy[plot]'",
     "ray": "pip install 'stdc-deploy[ray]' (Ray Data; on a cluster, on every node)",
     "av": "pip install av",
+    "starlette": "pip install 'stdc-deploy[serve]'",
+    "uvicorn": "pip install 'stdc-deploy[serve]'",
+    "grpc": "pip install 'stdc-deploy[grpc]'",
+    "tritonclient": "pip install 'stdc-deploy[triton]'",
     "torch": "pip install torch",
 }
 
