@@ -308,10 +308,30 @@ def test_close_answers_accepted_requests(segmenter, images):
         results = await asyncio.gather(*tasks)
         return results, await closing
 
-    results, in_flight = asyncio.run(main())
-    assert in_flight == 4 and len(results) == 4 and not server.ready
+    results, answered = asyncio.run(main())
+    assert answered == 4 and len(results) == 4 and not server.ready
     expected = segmenter.predict(images[1])
     for response in results:
+        np.testing.assert_array_equal(response.outputs[0].data[0], expected)
+
+
+def test_drain_that_runs_out_refuses_the_waiting_and_finishes_the_started(segmenter, images):
+    server = ModelServer(SlowSegmenter(segmenter), max_batch=1, max_delay_ms=0, max_queue=16)
+    data = np.array([[png(images[1])]], dtype=object)
+    expected = segmenter.predict(images[1])
+
+    async def main():
+        tasks = [asyncio.ensure_future(server.infer(InferRequest("stdc", [Tensor.of("image", data)]))) for _ in range(8)]
+        await asyncio.sleep(0.15)
+        answered = await asyncio.get_running_loop().run_in_executor(None, server.close, 0.0)
+        return await asyncio.gather(*tasks, return_exceptions=True), answered
+
+    results, answered = asyncio.run(main())
+    done = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, ServeError)]
+    assert len(done) + len(refused) == 8 and refused and all(r.status == 503 for r in refused)
+    assert server.drained == [answered, len(refused)] and server.in_flight == 0
+    for response in done:  # the batches already started finished before the threads stopped
         np.testing.assert_array_equal(response.outputs[0].data[0], expected)
 
 
@@ -352,7 +372,7 @@ def test_serve_command_sigterm_drains_and_exits_0(dynamic_onnx, images, tmp_path
         code = process.wait(30)
         assert code == 0 and time.time() - start < 10
         assert answers and answers[0][0] == 200  # answered during the drain
-        assert "stopped" in process.stderr.read()
+        assert "1 request(s) in flight, 1 answered during the drain" in process.stderr.read()
     finally:
         if process.poll() is None:
             process.kill()

@@ -24,7 +24,9 @@ def serve(
     grpc: Annotated[bool, typer.Option("--grpc/--no-grpc", help="Serve gRPC too (the grpc extra).")] = True,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, max=256, help="Largest batch dynamic batching forms.")] = 8,
     max_delay_ms: Annotated[float, typer.Option(
-        "--max-delay-ms", min=0.0, max=10000.0, help="How long a request may wait for others to join its batch.")] = 5.0,
+        "--max-delay-ms", min=0.0, max=10000.0,
+        help="How long a request may wait for others to join its batch (0, as in Triton: none; under load batches "
+             "still form from the requests that arrive while the network is busy).")] = 0.0,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", min=1, help="Requests that may wait; beyond that the server answers 503 at once.")] = 32,
     max_body_mb: Annotated[float, typer.Option(
@@ -76,10 +78,12 @@ def serve(
                           highlight=False)
 
         try:
-            in_flight = run(server, options, on_ready=ready)
+            drain = run(server, options, on_ready=ready)
         finally:
             server.close(0)
-    err_console.print(f"stopped ({in_flight} request(s) in flight were answered)" if in_flight else "stopped")
+    refused = f", {drain.refused} refused (503: --drain-s {drain_s:g} ran out)" if drain.refused else ""
+    err_console.print(f"stopped: {drain.in_flight} request(s) in flight, {drain.answered} answered during the drain"
+                      f"{refused}")
 
 
 def _check_extras(grpc: bool) -> None:

@@ -125,7 +125,12 @@ def create_app(server: ModelServer, *, max_body_bytes: int = 64 * 2**20):
 
     async def infer(request: Request) -> Response:
         name, version = model_args(request)
-        server.model(name, version)  # 404 before reading a body
+        server.model(name, version)  # 404 and 503 before reading a body
+        try:
+            server.check_capacity()
+        except ServeError as exc:
+            server.stats[name].fail(exc.status)
+            raise
         body = await read_body(request)
         infer_request, binary_outputs = _parse_infer(name, version, body, request.headers.get(HEADER_LENGTH))
         response = await server.infer(infer_request)
@@ -144,6 +149,11 @@ def create_app(server: ModelServer, *, max_body_bytes: int = 64 * 2**20):
             alpha = -1.0
         if not 0.0 <= alpha <= 1.0:
             raise ServeError(400, f"alpha {request.query_params.get('alpha')!r}: expected a number from 0 to 1")
+        try:
+            server.check_capacity()
+        except ServeError as exc:
+            server.stats[IMAGE_MODEL].fail(exc.status)
+            raise
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             data = await _multipart_file(request, max_body_bytes)

@@ -21,6 +21,7 @@ from ..errors import MissingDependencyError, StdcError
 from .server import ModelServer
 
 log = logging.getLogger(__name__)
+PIPELINE_GRACE_S = 30.0  # after the drain: for batches already in the pipeline to finish
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run(model_server: ModelServer, options: ServeOptions, on_ready: Callable[[int, int | None], None] | None = None,
-        stop: threading.Event | None = None) -> int:
-    """Serve until SIGINT / SIGTERM (or ``stop`` is set); returns the number of requests that
-    were in flight when shutdown began. ``on_ready(http_port, grpc_port)`` runs once both
+        stop: threading.Event | None = None) -> Drain:
+    """Serve until SIGINT / SIGTERM (or ``stop`` is set); then drain (:class:`Drain` says how
+    it went). ``on_ready(http_port, grpc_port)`` runs once both
     listen (ports resolved when 0 was asked)."""
     try:
         import uvicorn
@@ -67,9 +68,12 @@ def run(model_server: ModelServer, options: ServeOptions, on_ready: Callable[[in
     if options.grpc_port is not None:
         from .grpc import create_grpc_server
     sock = listen(options.host, options.port)
+    # uvicorn cancels handlers after its graceful timeout: give the batches already in the
+    # pipeline time to finish after the drain refused the waiting requests
     config = uvicorn.Config(app, log_level=logging.getLogger().getEffectiveLevel(), access_log=False,
-                            lifespan="off", timeout_graceful_shutdown=options.drain_s, timeout_keep_alive=30)
-    http = _Server(config, model_server)
+                            lifespan="off", timeout_graceful_shutdown=options.drain_s + PIPELINE_GRACE_S,
+                            timeout_keep_alive=30)
+    http = _Server(config, model_server, options.drain_s)
 
     async def main() -> None:
         grpc_server = None
@@ -93,7 +97,18 @@ def run(model_server: ModelServer, options: ServeOptions, on_ready: Callable[[in
     finally:
         sock.close()
         model_server.close(0 if http.force_exit else options.drain_s)
-    return http.in_flight_at_stop or 0
+    answered, refused = model_server.drained
+    return Drain(http.in_flight_at_stop or 0, answered, refused)
+
+
+@dataclass(frozen=True)
+class Drain:
+    """What happened to the requests in flight when shutdown began (and any that arrived on
+    open connections during it): answered, or refused with 503 when ``drain_s`` ran out."""
+
+    in_flight: int
+    answered: int
+    refused: int
 
 
 async def _watch(stop: threading.Event, server) -> None:
@@ -115,15 +130,21 @@ class _Server(_Base):
     readiness off and drains; signals are not re-raised afterwards (the command exits 0
     after a clean drain)."""
 
-    def __init__(self, config, model_server: ModelServer):
+    def __init__(self, config, model_server: ModelServer, drain_s: float):
         super().__init__(config)
-        self.model_server = model_server
+        self.model_server, self.drain_s = model_server, drain_s
         self.in_flight_at_stop: int | None = None
 
     def handle_exit(self, sig, frame) -> None:
         if self.in_flight_at_stop is None:
             self.in_flight_at_stop = self.model_server.in_flight
             self.model_server.stop_accepting()
+            timer = threading.Timer(self.drain_s, self.model_server.refuse_waiting)
+            timer.daemon = True
+            timer.start()
+        elif sig == signal.SIGINT or sig == signal.SIGTERM:  # a second signal: stop now
+            self.model_server.refuse_waiting()
+            self.force_exit = True
         super().handle_exit(sig, frame)
 
     @contextlib.contextmanager

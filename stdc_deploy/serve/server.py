@@ -82,6 +82,7 @@ class ModelServer:
         self._cond = threading.Condition()
         self._in_flight = 0  # accepted and not yet answered
         self._closing = False
+        self.drained = [0, 0]  # since accepting stopped: [answered, refused with 503]
         self._consumer = threading.Thread(target=self._run, name="stdc-serve", daemon=True)
         self._consumer.start()
 
@@ -170,6 +171,14 @@ class ModelServer:
         if not np.isfinite(batch).all():
             raise ServeError(400, f"input {tensor.name!r}: contains NaN or infinity")
         return _Job(spec.name, (NET_MODEL, *batch.shape[2:]), count, batch, None)
+
+    def check_capacity(self) -> None:
+        """ServeError 503 when a request would be refused now (front ends call this before
+        reading a body, so refusals under overload cost nothing)."""
+        if self._closing:
+            raise ServeError(503, "the server is shutting down")
+        if len(self._pending) >= self.max_queue:
+            raise ServeError(503, f"queue full ({self.max_queue} requests waiting); retry later")
 
     def _submit(self, job: _Job) -> concurrent.futures.Future:
         with self._cond:
@@ -277,6 +286,8 @@ class ModelServer:
             stats.fail(error.status)
         with self._cond:
             self._in_flight -= 1
+            if self._closing:
+                self.drained[error is not None and error.status == 503] += 1
             self._cond.notify_all()
         _set(job.future, result=result, error=error)
 
@@ -299,24 +310,33 @@ class ModelServer:
     def stop_accepting(self) -> None:
         """Readiness off; new requests get 503; accepted ones are still answered."""
         with self._cond:
-            self._closing = True
+            if not self._closing:
+                self._closing = True
+                self.drained = [0, 0]
             self._cond.notify_all()
 
-    def close(self, drain_s: float = 10.0) -> int:
-        """Refuse new requests, answer the accepted ones (up to ``drain_s``), stop the threads.
-        Returns how many requests were still in flight when closing began."""
+    def refuse_waiting(self) -> int:
+        """Answer 503 to every request not yet in a batch (a drain that ran out of time)."""
         with self._cond:
-            self._closing = True
-            in_flight = self._in_flight
-            deadline = time.perf_counter() + drain_s
-            while self._in_flight and time.perf_counter() < deadline:
-                self._cond.wait(_POLL_S)
-            for job in self._pending:  # not started within drain_s
-                _set(job.future, error=ServeError(503, "the server is shutting down"))
+            waiting = list(self._pending)
             self._pending.clear()
             self._cond.notify_all()
-        self._consumer.join(timeout=drain_s)
-        return in_flight
+        for job in waiting:
+            self._answer(job, error=ServeError(503, "the server is shutting down"))
+        return len(waiting)
+
+    def close(self, drain_s: float = 10.0) -> int:
+        """Refuse new requests, answer the accepted ones (those not in a batch within
+        ``drain_s`` get 503), wait for the batches in the pipeline, stop the threads.
+        Returns how many requests were answered (not refused) since accepting stopped."""
+        self.stop_accepting()
+        deadline = time.perf_counter() + drain_s
+        with self._cond:
+            while self._in_flight and time.perf_counter() < deadline:
+                self._cond.wait(_POLL_S)
+        self.refuse_waiting()
+        self._consumer.join()  # the batches already started finish: the backend is closed only after
+        return self.drained[0]
 
 
 def _decode(data: list) -> list[np.ndarray]:
