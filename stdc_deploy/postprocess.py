@@ -142,12 +142,40 @@ def _boundary_labels(logits: np.ndarray, low: np.ndarray, second: np.ndarray, ys
 
 
 def _resize_then_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import torch
-
+    """Resize every class plane, then argmax: the degenerate cases (one class, more than 255,
+    logits under 2 pixels a side). PyTorch's ``F.interpolate`` where PyTorch is installed;
+    without it (this module copied into a Triton Python-backend model) the same sampling
+    in numpy, one class at a time."""
+    dtype = np.uint8 if logits.shape[0] <= 256 else np.uint16
+    try:
+        import torch
+    except ImportError:
+        return _resize_then_argmax_numpy(logits, size).astype(dtype)
     resized = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(logits))[None].float(),
                                               size=tuple(size), mode="bilinear", align_corners=True)
-    labels = resized[0].argmax(0).numpy()
-    return labels.astype(np.uint8 if logits.shape[0] <= 256 else np.uint16)
+    return resized[0].argmax(0).numpy().astype(dtype)
+
+
+def _resize_then_argmax_numpy(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """align_corners=True bilinear resize and argmax (first maximum wins) in numpy."""
+    _, h, w = logits.shape
+    y0, y1, wy = align_corners_grid(h, size[0])
+    x0, x1, wx = align_corners_grid(w, size[1])
+    fy, fx = wy[:, None], wx[None, :]
+    labels = np.zeros(tuple(size), np.int64)
+    best = None
+    for c, plane in enumerate(logits):
+        plane = plane.astype(np.float32, copy=False)
+        top, bottom = plane[y0], plane[y1]
+        score = ((top[:, x0] * (1 - fx) + top[:, x1] * fx) * (1 - fy)
+                 + (bottom[:, x0] * (1 - fx) + bottom[:, x1] * fx) * fy)
+        if best is None:
+            best = score
+            continue
+        greater = score > best
+        labels[greater] = c
+        np.maximum(best, score, out=best)
+    return labels
 
 
 def labels_fast(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from .core.metadata import IMAGENET_MEAN, IMAGENET_STD
 from .sampling import align_corners_grid
 
 PROTOCOLS = ("official", "fast")
@@ -60,15 +59,23 @@ def _official_planes(image: np.ndarray, size: tuple[int, int], table: np.ndarray
 
 
 def normalize(images_bgr: Sequence[np.ndarray] | np.ndarray,
-              mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
               size: tuple[int, int] | None = None, protocol: str = "fast") -> np.ndarray:
     """Stack BGR uint8 HxWx3 images into a (N, 3, H, W) float32 RGB batch.
 
     ``size`` (height, width) resizes each image under ``protocol`` (see the module
     docstring); without it all images must share one size and are only normalised.
-    ``mean``/``std`` are on the 0-1 scale. Normalisation is a table lookup per channel
-    written straight into the NCHW planes.
+    ``mean``/``std`` are on the 0-1 scale (default: ImageNet's, ``IMAGENET_MEAN`` /
+    ``IMAGENET_STD`` of :mod:`stdc_deploy.core.metadata`). Normalisation is a table lookup
+    per channel written straight into the NCHW planes.
     """
+    if mean is None or std is None:
+        # imported here, not at the top: this module also runs copied without its package,
+        # inside Triton's Python backend, where callers pass mean and std
+        from .core.metadata import IMAGENET_MEAN, IMAGENET_STD
+
+        mean = IMAGENET_MEAN if mean is None else mean
+        std = IMAGENET_STD if std is None else std
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if isinstance(images_bgr, np.ndarray) and images_bgr.ndim == 3:

@@ -171,3 +171,39 @@ def pt2_command(
         result = export_pt2(model, output, height, width, aoti=aoti, device=device, checkpoint=info,
                             tolerance=_tolerance("fp32", atol, rtol, min_agreement))
     _report(result, f"{'AOTInductor' if aoti else 'torch.export'} vs PyTorch", verb)
+
+
+@app.command("triton")
+@command
+def triton_command(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help=(
+        "A dynamic ONNX export (stdc export onnx --dynamic) or a TensorRT engine with its sidecar."))],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model repository folder to write.")],
+    size: Annotated[str | None, typer.Option("--size", "-s", help=(
+        "Network input HxW of a dynamic model (default: the size it was exported and verified at)."))] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="max_batch_size of every model.")] = 8,
+    instances: Annotated[int, typer.Option("--instances", help="Instances of each model.")] = 1,
+    kind: Annotated[str, typer.Option("--kind", help="Where the network runs: gpu or cpu.")] = "gpu",
+    net: Annotated[str, typer.Option("--net", help=(
+        "onnx: Triton's onnxruntime backend (with the TensorRT accelerator on gpu); python: ONNX Runtime on the "
+        "CPU inside the Python backend, for Triton builds without the onnxruntime backend (needs --kind cpu)."))
+    ] = "onnx",
+    fp16: Annotated[bool, typer.Option("--fp16", help="FP16 TensorRT accelerator (--kind gpu).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a repository this command wrote before.")] = False,
+) -> None:
+    """Write a Triton Inference Server model repository serving MODEL.
+
+    The ensemble `stdc` takes encoded images and returns label maps through stdc_pre, stdc_net and stdc_post; the pre- and post-processing are stdc-deploy's own, copied into the repository, so Triton's Python backend needs numpy and opencv-python-headless only. README.txt in the repository says how to run and call it.
+    """
+    from ..export.triton import export_triton
+
+    verb = "Replaced" if output.is_dir() and any(output.iterdir()) else "Wrote"
+    result = export_triton(model, output, size=parse_size(size) if size else None, max_batch=max_batch,
+                           instances=instances, kind=kind, net=net, fp16=fp16, overwrite=overwrite)
+    height, width = result.input_size
+    models = ", ".join(f"{name} ({runtime})" for name, runtime in result.models.items())
+    console.print(f"{verb} {result.path}: {models}")
+    console.print(f"  network input {height}x{width}, max batch {result.max_batch}, "
+                  f"{result.size_bytes / 2**20:.1f} MiB in {result.seconds:.1f} s; how to serve it: "
+                  f"{result.path / 'README.txt'}")
