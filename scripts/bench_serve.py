@@ -272,10 +272,13 @@ class ServerProcess:
 
 def server_argv(args, model: Path, port: int, grpc_port: int | None) -> list[str]:
     argv = [sys.executable, "-m", "stdc_deploy", "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
-            "--max-batch", str(args.max_batch), "--max-delay-ms", str(args.max_delay_ms),
             "--max-queue", str(args.max_queue), "--max-body-mb", str(args.max_body_mb),
             "--drain-s", str(args.drain_s), "--precision", args.precision]
     argv += ["--grpc-port", str(grpc_port)] if grpc_port else ["--no-grpc"]
+    if args.max_batch is not None:
+        argv += ["--max-batch", str(args.max_batch)]
+    if args.max_delay_ms is not None:
+        argv += ["--max-delay-ms", str(args.max_delay_ms)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.size:
@@ -841,8 +844,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=lambda s: [int(v) for v in s.split(",")], default=[1, 4, 16],
                         help="closed-loop client threads per level, comma-separated (default 1,4,16)")
     parser.add_argument("--client", choices=("http", "grpc", "both"), default="http", help="tritonclient kind(s)")
-    parser.add_argument("--max-batch", type=int, default=8, help="passed to stdc serve")
-    parser.add_argument("--max-delay-ms", type=float, default=5.0, help="passed to stdc serve")
+    parser.add_argument("--max-batch", type=int, default=None, help="passed to stdc serve (default: its own)")
+    parser.add_argument("--max-delay-ms", type=float, default=None, help="passed to stdc serve (default: its own)")
     parser.add_argument("--max-queue", type=int, default=32, help="passed to stdc serve")
     parser.add_argument("--max-body-mb", type=float, default=8.0,
                         help="server body limit; the 413 test sends 1 MiB more")

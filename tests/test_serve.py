@@ -353,7 +353,7 @@ def test_bytes_codec():
 def test_serve_command_sigterm_drains_and_exits_0(dynamic_onnx, images, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "stdc_deploy", "serve", str(dynamic_onnx), "--port", "0",
-                                "--no-grpc", "--precision", "fp32", "--threads", "1", "--max-delay-ms", "300"],
+                                "--no-grpc", "--precision", "fp32", "--threads", "1", "--max-batch", "2", "--max-delay-ms", "300"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = ""
