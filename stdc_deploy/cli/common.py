@@ -102,6 +102,17 @@ def command(fn):
     return wrapper
 
 
+def announce_default_model() -> Path:
+    """The artifact a command without a model uses, printed with why (and what was passed over)."""
+    from ..core.discovery import find_default_model
+
+    choice = find_default_model()
+    console.print(f"model: {choice.path} ({choice.reason})", highlight=False)
+    for note in choice.skipped:
+        console.print(f"  {note}", highlight=False)
+    return choice.path
+
+
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s", force=True)
 

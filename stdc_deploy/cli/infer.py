@@ -11,7 +11,6 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..bench import model_only_fps
-from ..core.discovery import find_default_model
 from ..errors import StdcError
 from ..jobs import InferOptions, InferReport, ProgressSink, parse_save, run_infer
 from ..preprocess import PROTOCOLS
@@ -19,7 +18,7 @@ from ..scaleout import ModelSpec
 from ..scaleout.ray import RayOptions, run_infer_ray
 from ..segmenter import Segmenter
 from ..sources import resolve_source
-from .common import BACKEND_HELP, PrecisionOption, ThreadsOption, command, console, err_console, parse_size
+from .common import BACKEND_HELP, announce_default_model, PrecisionOption, ThreadsOption, command, console, err_console, parse_size
 
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", "-m", help="Checkpoint, .onnx or engine. Default: the best artifact in engines/ or models/.")]
@@ -166,12 +165,7 @@ def infer(
                            overwrite=overwrite, max_frames=max_frames, protocol=protocol,
                            codec=codec)
     resolved = resolve_source(source, recursive=recursive)
-    if model is None:
-        choice = find_default_model()
-        console.print(f"model: {choice.path} ({choice.reason})", highlight=False)
-        for note in choice.skipped:
-            console.print(f"  {note}", highlight=False)
-        model = choice.path
+    model = model or announce_default_model()
     input_size = parse_size(size) if size else None
     if executor == "ray":
         ray_options = RayOptions(ray_address, workers or 1, gpus_per_worker or 0.0, cpus_per_worker or 1.0)

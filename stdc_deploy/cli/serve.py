@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ..core.discovery import find_default_model
 from ..errors import StdcError
 from ..preprocess import PROTOCOLS
 from ..segmenter import Segmenter
-from .common import BACKEND_HELP, PrecisionOption, ThreadsOption, command, console, err_console, parse_size
+from .common import BACKEND_HELP, announce_default_model, PrecisionOption, ThreadsOption, command, console, err_console, parse_size
 
 # On a 2-core CPU (STDC1 512x1024, OpenVINO bf16, 1024x2048 PNGs, 16 HTTP clients, one run):
 # batches of up to 8 gave 0.62x the in-process rate, one request per batch 1.01x (the
@@ -64,12 +63,7 @@ def serve(
     if grpc and grpc_port == port:
         raise StdcError(f"--grpc-port {grpc_port} is the HTTP port too; choose another or pass --no-grpc")
     _check_extras(grpc)
-    if model is None:
-        choice = find_default_model()
-        console.print(f"model: {choice.path} ({choice.reason})", highlight=False)
-        for note in choice.skipped:
-            console.print(f"  {note}", highlight=False)
-        model = choice.path
+    model = model or announce_default_model()
     options = ServeOptions(host, port, grpc_port if grpc else None, int(max_body_mb * 2**20), drain_s)
     with Segmenter(model, backend=backend, device=device, precision=precision, size=parse_size(size) if size else None,
                    protocol=protocol, threads=threads) as segmenter:
