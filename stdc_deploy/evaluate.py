@@ -225,8 +225,8 @@ def evaluate(dataset: Dataset, backends: Sequence[Backend], scale: float | None 
         for segmenter, result in zip(segmenters, results):
             size = network_size(segmenter.backend, image.shape[:2], scale)
             result.input_sizes.add(size)
-            logits = segmenter.infer(segmenter.preprocess([image], size=size))
-            prediction = segmenter.postprocess(logits, [label.shape])[0]
+            logits = segmenter.infer_native(segmenter.preprocess([image], size=size))
+            prediction = segmenter.postprocess(logits, [label.shape], input_size=size)[0]
             update_confusion(result.confusion, label, prediction)
             if save_predictions is not None and result is results[0]:
                 _save_prediction(save_predictions, sample, prediction, dataset)

@@ -14,6 +14,14 @@ Two protocols:
     Argmax at the model resolution, then a nearest-neighbour resize of the labels (sampled
     where the official resize samples). Boundaries move by up to half a model pixel;
     elsewhere the two agree.
+
+Both take logits at the network input size, as every artifact returns them, or the
+network's own 1/8-resolution logits from a backend that skipped the final upsampling
+(``Backend.final_resize_dropped``). From those, ``official`` resizes once, straight to the
+frame size: identical labels at the input size; at other sizes, one bilinear resize where
+the official pipeline makes two (1/8 -> input -> frame), agreeing on all but a few pixels
+per ten thousand (README, "CPU"). ``fast`` first makes the labels at the input size exactly
+(``input_size``), so it gives the same labels either way.
 """
 
 from __future__ import annotations
@@ -156,6 +164,28 @@ def _resize_then_argmax(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray
     return resized[0].argmax(0).numpy().astype(dtype)
 
 
+def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(N, C, h, w) float32 logits -> (N, C, H, W): the network's own final upsampling
+    (bilinear, align_corners=True), for callers that want logits at the input size from a
+    backend that skipped it. PyTorch where installed, else numpy."""
+    if tuple(logits.shape[2:]) == tuple(size):
+        return logits
+    try:
+        import torch
+    except ImportError:
+        _, h, w = logits.shape[1:]
+        y0, y1, wy = align_corners_grid(h, size[0])
+        x0, x1, wx = align_corners_grid(w, size[1])
+        fy, fx = wy[:, None], wx[None, :]
+        top, bottom = logits[:, :, y0], logits[:, :, y1]
+        return ((top[..., x0] * (1 - fx) + top[..., x1] * fx) * (1 - fy)
+                + (bottom[..., x0] * (1 - fx) + bottom[..., x1] * fx) * fy).astype(np.float32)
+    with torch.no_grad():
+        out = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)),
+                                              size=tuple(size), mode="bilinear", align_corners=True)
+    return out.numpy()
+
+
 def _resize_then_argmax_numpy(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """align_corners=True bilinear resize and argmax (first maximum wins) in numpy."""
     _, h, w = logits.shape
@@ -190,10 +220,16 @@ def labels_fast(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return _gather(low, size, nearest=True)
 
 
-def to_labels(logits: np.ndarray, size: tuple[int, int], protocol: str = "official") -> np.ndarray:
-    """(C, h, w) logits of one image -> (H, W) train-id labels under ``protocol``."""
+def to_labels(logits: np.ndarray, size: tuple[int, int], protocol: str = "official",
+              input_size: tuple[int, int] | None = None) -> np.ndarray:
+    """(C, h, w) logits of one image -> (H, W) train-id labels under ``protocol``.
+    ``input_size``: the network input the logits came from, where they are smaller (1/8
+    logits from a backend that skipped the final upsampling)."""
     if protocol == "official":
         return labels_official(logits, size)
     if protocol == "fast":
+        if input_size is not None and tuple(logits.shape[1:]) != tuple(input_size):
+            low = labels_official(logits, tuple(input_size))  # what argmax at the input size gives
+            return low if low.shape == tuple(size) else _gather(low, tuple(size), nearest=True)
         return labels_fast(logits, size)
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")

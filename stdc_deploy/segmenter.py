@@ -24,7 +24,7 @@ from .backends import Backend, open_backend
 from .core.metadata import ArtifactMetadata
 from .errors import InvalidValue, StdcError
 from .pipeline import Stage, StageTimes, run_pipeline
-from .postprocess import to_labels
+from .postprocess import resize_logits, to_labels
 from .preprocess import PROTOCOLS, normalize
 from .sources import VideoReader
 from .visualize import colorize, overlay
@@ -77,7 +77,8 @@ class Segmenter:
     for dynamic artifacts (default: the size the artifact was exported and verified at).
     ``protocol`` (``official`` or ``fast``, see :mod:`stdc_deploy.preprocess`) is the
     default for every call; each call may name another. ``precision="auto"`` takes the
-    fastest CPU path of known accuracy cost (``backend.cpu_path`` says which and why);
+    fastest CPU path of known accuracy cost (``backend.cpu_path`` says which and why), with
+    the network's final upsampling left to post-processing (:mod:`~stdc_deploy.backends.tail`);
     ``threads`` sets the runtime's CPU threads (default: every usable core).
     """
 
@@ -115,14 +116,21 @@ class Segmenter:
                          protocol=check_protocol(protocol or self.protocol))
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Normalised batch -> logits (any batch size; see :class:`Backend`)."""
+        """Normalised batch -> logits at the input size (any batch size; see :class:`Backend`)."""
+        return resize_logits(self.backend.infer(batch), batch.shape[2:])
+
+    def infer_native(self, batch: np.ndarray) -> np.ndarray:
+        """Normalised batch -> logits as the backend returns them: at the input size, or at
+        1/8 where it skipped the final upsampling. :meth:`postprocess` takes either."""
         return self.backend.infer(batch)
 
     def postprocess(self, logits: np.ndarray, sizes: Sequence[tuple[int, int]],
-                    protocol: str | None = None) -> list[np.ndarray]:
-        """(N, C, h, w) logits -> N label maps, each at its frame's (height, width)."""
+                    protocol: str | None = None, input_size: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """(N, C, h, w) logits -> N label maps, each at its frame's (height, width).
+        ``input_size``: the network input they came from (default: this segmenter's)."""
         protocol = check_protocol(protocol or self.protocol)
-        return [to_labels(logits[i], sizes[i], protocol) for i in range(len(sizes))]
+        input_size = input_size or self.input_size
+        return [to_labels(logits[i], sizes[i], protocol, input_size) for i in range(len(sizes))]
 
     # -- convenience --------------------------------------------------------------------------
     def predict(self, image: np.ndarray, protocol: str | None = None) -> np.ndarray:
@@ -134,8 +142,8 @@ class Segmenter:
             check_image(image)
         if not images:
             return []
-        logits = self.infer(self.preprocess(images, protocol))
-        return self.postprocess(logits, [im.shape[:2] for im in images], protocol)
+        batch = self.preprocess(images, protocol)
+        return self.postprocess(self.infer_native(batch), [im.shape[:2] for im in images], protocol, batch.shape[2:])
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         return colorize(labels, self.num_classes)
@@ -174,7 +182,7 @@ class Segmenter:
 
         def infer(item):
             group, tensor = item
-            return group, (self.infer(tensor) if tensor is not None else None)
+            return group, (self.infer_native(tensor) if tensor is not None else None)
 
         def post(item) -> list[Prediction]:
             group, logits = item

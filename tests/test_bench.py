@@ -119,7 +119,10 @@ def test_cli_bench_arch_and_model(tmp_path, official_checkpoints, monkeypatch):
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     backends = {r["backend"] for r in data["rows"]}
+    # precision auto (the CLI's default) runs ONNX without the final upsampling; its rows say so
     assert "onnxruntime" in backends and {r["mode"] for r in data["rows"]} == {"model-only", "end-to-end"}
+    assert {r["logits"] for r in data["rows"]} == {"1/8"} and "model-only*" in result.stdout
+    assert "* without the final 8x upsampling" in result.stdout
     assert "model-only" in result.stdout and "2 timed runs per row after 1 warm-up runs" in result.stdout
     # the table is readable in 80 columns: no cell cut short, every row's numbers shown
     table = result.stdout.split("stdc bench:")[1].split("environment:")[0]
@@ -259,6 +262,10 @@ def test_cpu_paths_against_a_hand_export(models_by_arch):
         assert row.vs_reference == pytest.approx(reference.latency.p50_ms / row.latency.p50_ms)
     by_key = {p.key: r for p, r in zip(paths, report.rows)}
     assert by_key["ort-fp32"].label_agreement == 1.0 and by_key["ort-int8"].precision == "int8"
+    # the final resize left to post-processing: the same labels at the input size
+    assert by_key["ort-fp32-post"].label_agreement == 1.0 and by_key["ort-fp32-post"].path.endswith("1/8 logits")
+    assert all(r.mode == "to labels" for r in report.rows)
+    assert sum(r.default for r in report.rows) <= 1 and report.choices[0].startswith("CPU path: ")
     assert report.settings["threads"] == 1 and report.settings["interleaved"]
     from rich.console import Console
 

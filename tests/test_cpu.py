@@ -125,7 +125,8 @@ def test_open_backend_auto_and_threads(models):
     x = normalize(synthetic_images(1, 64, 128, seed=1))
     with open_backend(models["fp32"], device="cpu", precision="auto", threads=1) as b:
         assert b.cpu_path is not None and b.cpu_path.describe().startswith("CPU path: ")
-        assert b.infer(x).shape == (1, 19, 64, 128) and "1 threads" in b.describe()
+        assert b.final_resize_dropped and "1/8 logits" in b.cpu_path.describe()
+        assert b.infer(x).shape == (1, 19, 8, 16) and "1 threads" in b.describe()
     with open_backend(models["fp32"], backend="onnxruntime", device="cpu", threads=1) as b:
         assert b.cpu_path is None
         assert b._session.get_session_options().intra_op_num_threads == 1

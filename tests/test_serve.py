@@ -267,6 +267,10 @@ class SlowSegmenter:
         time.sleep(0.1)
         return self._seg.infer(batch)
 
+    def infer_native(self, batch):
+        time.sleep(0.1)
+        return self._seg.infer_native(batch)
+
 
 def test_full_queue_answers_503_at_once_and_recovers(segmenter, images):
     server = ModelServer(SlowSegmenter(segmenter), max_batch=2, max_delay_ms=0, max_queue=3)

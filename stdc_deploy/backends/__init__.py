@@ -94,7 +94,7 @@ def _missing(backend: str, path: Path) -> MissingDependencyError:
 
 
 def create_backend(artifact: str | Path, backend: str | None = None, device: str | None = None,
-                   precision: str = "fp32", threads: int | None = None) -> Backend:
+                   precision: str = "fp32", threads: int | None = None, native_logits: bool | None = None) -> Backend:
     """The backend for ``artifact``, not yet opened (``open()`` it, or use :func:`open_backend`).
 
     Without ``backend`` the first installed one for the artifact, device and precision is
@@ -102,12 +102,16 @@ def create_backend(artifact: str | Path, backend: str | None = None, device: str
     every core this process may use). ``precision="auto"``: the fastest CPU path whose
     accuracy cost is known (:mod:`~stdc_deploy.backends.cpu`; it may run an INT8 file
     quantized from ``artifact``); the backend's ``cpu_path`` says what was chosen and why.
+    ``native_logits`` (default: with ``precision="auto"``): the caller resizes logits itself,
+    so ONNX Runtime and OpenVINO return the network's 1/8-resolution logits, skipping its
+    final upsampling (:mod:`~stdc_deploy.backends.tail`; ``final_resize_dropped`` says so).
     """
     if precision == "auto":
         from .cpu import resolve_precision
 
         artifact, backend, precision, choice = resolve_precision(artifact, "auto", device, backend)
-        created = create_backend(artifact, backend, device, precision, threads)
+        created = create_backend(artifact, backend, device, precision, threads,
+                                 True if native_logits is None else native_logits)
         created.cpu_path = choice
         return created
     path = check_artifact_file(artifact)
@@ -133,13 +137,14 @@ def create_backend(artifact: str | Path, backend: str | None = None, device: str
                                       f"{', '.join(BACKENDS_FOR_KIND[kind])})", path)
     if not is_installed(backend):
         raise _missing(backend, path)
-    return cls(path, read_metadata(path), device=device, precision=precision, threads=threads)
+    return cls(path, read_metadata(path), device=device, precision=precision, threads=threads,
+               native_logits=bool(native_logits))
 
 
 def open_backend(artifact: str | Path, backend: str | None = None, device: str | None = None,
-                 precision: str = "fp32", threads: int | None = None) -> Backend:
+                 precision: str = "fp32", threads: int | None = None, native_logits: bool | None = None) -> Backend:
     """:func:`create_backend`, opened; close it, or use it as a context manager."""
-    return create_backend(artifact, backend, device, precision, threads).open()
+    return create_backend(artifact, backend, device, precision, threads, native_logits).open()
 
 
 KIND_LABEL = {"checkpoint": "checkpoint", "torchscript": "TorchScript", "pt2": ".pt2", "onnx": "ONNX",

@@ -58,9 +58,10 @@ class Backend(abc.ABC):
     devices: ClassVar[tuple[str, ...]] = ("cpu",)
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     cpu_path = None  # what `precision="auto"` chose (a backends.cpu.CpuPath), else None
+    drops_final_resize: ClassVar[bool] = False  # the backend can run the graph up to its final upsampling
 
     def __init__(self, artifact: str | Path, metadata: ArtifactMetadata, *, device: str = "cpu",
-                 precision: str = "fp32", threads: int | None = None):
+                 precision: str = "fp32", threads: int | None = None, native_logits: bool = False):
         if threads is not None and not 1 <= threads <= MAX_THREADS:
             raise InvalidValue("threads", f"must be within 1..{MAX_THREADS}, got {threads}")
         if device.split(":")[0] not in self.devices:
@@ -72,6 +73,11 @@ class Backend(abc.ABC):
         self.device = device
         self.precision = precision
         self.threads = threads  # CPU threads for the runtime; None: every core this process may use
+        # native_logits: the caller resizes logits itself (post-processing to labels), so a
+        # backend that can may return the network's 1/8-resolution logits and skip the final
+        # upsampling (backends.tail); final_resize_dropped says whether it did.
+        self.native_logits = native_logits and self.drops_final_resize
+        self.final_resize_dropped = False
         self.is_open = False
 
     @property
@@ -97,7 +103,8 @@ class Backend(abc.ABC):
         self.close()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, H, W) float32 normalised RGB -> (N, classes, H, W) float32 logits."""
+        """(N, 3, H, W) float32 normalised RGB -> (N, classes, H, W) float32 logits, or the
+        network's (N, classes, h, w) 1/8-resolution logits where ``final_resize_dropped``."""
         if not self.is_open:
             raise RuntimeError(f"{self.name} backend used before open()")
         spec = self.input_spec
@@ -140,7 +147,8 @@ class Backend(abc.ABC):
 
     def describe(self) -> str:
         threads = f", {self.threads} threads" if self.threads is not None and self.device == "cpu" else ""
-        return f"{self.name} ({self.device}, {self.effective_precision}{threads}) on {self.artifact.name}"
+        tail = ", 1/8 logits resized once in post-processing" if self.final_resize_dropped else ""
+        return f"{self.name} ({self.device}, {self.effective_precision}{threads}{tail}) on {self.artifact.name}"
 
     @abc.abstractmethod
     def _open(self) -> None: ...

@@ -25,6 +25,10 @@ is *known* to be within a limit. The rule, in order:
    Without native bf16 OpenVINO would emulate it, slower than FP32, so it is not chosen.
 3. **FP32**, in the default runtime for the artifact.
 
+Every auto path on an ONNX file also leaves the network's final upsampling to
+post-processing (:mod:`~stdc_deploy.backends.tail`): the labels are the same at the input
+size, and at the frame size one bilinear resize replaces the official two.
+
 On a GPU (``device`` cuda) auto is FP32: the rule is about CPUs. ``--precision fp32`` is
 always one flag away.
 """
@@ -123,8 +127,13 @@ class CpuPath:
 
     def describe(self) -> str:
         reduced = self.precision != "fp32" or "INT8" in self.label
-        hint = " - `--precision fp32` for full precision" if reduced else ""
-        return f"CPU path: {self.label} ({self.artifact}; {self.reason}){hint}"
+        onnx = self.artifact.suffix.lower() == ".onnx"
+        tail = "; 1/8 logits, resized once in post-processing" if onnx else ""
+        if reduced or onnx:
+            hint = " - `--precision fp32` for full precision" + (" and the official two-step resize" if onnx else "")
+        else:
+            hint = ""
+        return f"CPU path: {self.label} ({self.artifact}; {self.reason}{tail}){hint}"
 
 
 def int8_details(path: str | os.PathLike) -> dict:

@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import MissingDependencyError, StdcError
 from ..optional import require
 from .base import Backend
+from .tail import load_without_final_resize
 
 
 # Settings measured on STDC1 512x1024, 2-core AVX-512 CPU (interleaved runs with a pause
@@ -23,6 +24,7 @@ CPU_SESSION_CONFIG = {"session.intra_op.allow_spinning": "0"}
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     devices = ("cpu", "cuda")
+    drops_final_resize = True
 
     def _providers(self, ort) -> list:
         if not self.device.startswith("cuda"):
@@ -47,15 +49,21 @@ class OnnxRuntimeBackend(Backend):
         for key, value in CPU_SESSION_CONFIG.items():
             options.add_session_config_entry(key, value)
         providers = self._providers(ort)
+        source, self._output = str(self.artifact), self.metadata.output_name
+        if self.native_logits:
+            cut = load_without_final_resize(self.artifact)
+            if cut is not None:
+                source, self._output = cut
         try:
-            self._session = ort.InferenceSession(str(self.artifact), options, providers=providers)
+            self._session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:
             raise StdcError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})", self.artifact) from None
+        self.final_resize_dropped = not isinstance(source, str)
         self._input = self.metadata.input_name
-        self._output = self.metadata.output_name
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run([self._output], {self._input: batch})[0]
+        out = self._session.run([self._output], {self._input: batch})[0]
+        return out if out.dtype == np.float32 else out.astype(np.float32)  # FP16 files without their final cast
 
     def _close(self) -> None:
         self._session = None

@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import InvalidValue, MissingDependencyError, StdcError
 from ..optional import require
 from .base import Backend
+from .tail import load_without_final_resize
 
 
 def _import_openvino():
@@ -31,6 +32,7 @@ CPU_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}
 class OpenVinoBackend(Backend):
     name = "openvino"
     precisions = ("fp32", "bf16")
+    drops_final_resize = True
 
     def _open(self) -> None:
         ov = _import_openvino()
@@ -39,11 +41,14 @@ class OpenVinoBackend(Backend):
         core = ov.Core()
         config = {**CPU_CONFIG, "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
                   "INFERENCE_NUM_THREADS": self.cpu_threads()}
+        cut = load_without_final_resize(self.artifact) if self.native_logits else None
         try:
-            self._compiled = core.compile_model(str(self.artifact), "CPU", config)
+            model = core.read_model(cut[0]) if cut is not None else str(self.artifact)
+            self._compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
             raise StdcError(f"OpenVINO cannot compile the model ({str(exc).splitlines()[0]})", self.artifact) from None
         self._request = self._compiled.create_infer_request()
+        self.final_resize_dropped = cut is not None
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         self._request.infer({0: batch})

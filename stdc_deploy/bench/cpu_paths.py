@@ -6,12 +6,19 @@ Against it: this project's FP32 export in ONNX Runtime, the INT8 file of ``stdc 
 --target cpu`` in ONNX Runtime and OpenVINO, OpenVINO FP32 and BF16 (on CPUs with native
 bf16), and the NNCF-made INT8 file (``--target openvino``, where NNCF is installed); INT8
 files in OpenVINO also with the layers left in float computing in bf16 ("+bf16", OpenVINO's
-own default on such CPUs). Every
-path is timed model-only (:mod:`.timing`), interleaved: one run of each per round, so load
-from other processes hits all alike; each row carries its speed ratio to the reference (of
-median latencies, which a burst of load moves least) and its label agreement with the FP32 model on the timed frame. INT8 files are calibrated on
-synthetic frames: their timings are real, their agreement only says the path works (measure
-a trained model's with ``stdc quantize`` on real images).
+own default on such CPUs). "int8 cpu" is ``--target cpu``'s file, "int8 nncf" ``--target
+openvino``'s. Then the fastest of these with the network's final upsampling
+left to post-processing ("1/8 logits", what ``--precision auto`` runs).
+
+Every path is timed from the normalised input batch to label maps at the input size, the
+work every caller needs: the runtime's ``run`` plus the argmax over the logits (the same
+vectorised argmax for every path), or for "1/8 logits" paths the resize-and-argmax of
+:func:`~stdc_deploy.postprocess.labels_official`. Paths run interleaved: one run of each per
+round, so load from other processes hits all alike; each row carries its speed ratio to the
+reference (of median latencies, which a burst of load moves least) and its label agreement
+with the FP32 model on the timed frame. INT8 files are calibrated on synthetic frames: their
+timings are real, their agreement only says the path works (measure a trained model's with
+``stdc quantize`` on real images).
 """
 
 from __future__ import annotations
@@ -46,19 +53,26 @@ class CpuPathSpec:
     artifact: str  # "hand", "fp32", "int8-cpu" or "int8-openvino"
     backend: str | None  # None: a bare default InferenceSession (the reference)
     precision: str = "fp32"
+    native: bool = False  # the final upsampling left to post-processing (backends.tail)
 
 
 PATHS = (
     CpuPathSpec(REFERENCE, "hand export, ORT fp32 (ref)", "hand", None),
     CpuPathSpec("ort-fp32", "stdc export, ORT fp32", "fp32", "onnxruntime"),
-    CpuPathSpec("ort-int8", "int8 --target cpu, ORT", "int8-cpu", "onnxruntime"),
+    CpuPathSpec("ort-int8", "int8 cpu, ORT", "int8-cpu", "onnxruntime"),
     CpuPathSpec("ov-fp32", "OpenVINO fp32", "fp32", "openvino"),
     CpuPathSpec("ov-bf16", "OpenVINO bf16", "fp32", "openvino", "bf16"),
-    CpuPathSpec("ov-int8", "int8 --target cpu, OV", "int8-cpu", "openvino"),
-    CpuPathSpec("ov-int8-bf16", "int8 --target cpu, OV +bf16", "int8-cpu", "openvino", "bf16"),
-    CpuPathSpec("ov-int8-nncf", "int8 --target openvino, OV", "int8-openvino", "openvino"),
-    CpuPathSpec("ov-int8-nncf-bf16", "int8 --target openvino, OV +bf16", "int8-openvino", "openvino", "bf16"),
+    CpuPathSpec("ov-int8", "int8 cpu, OV", "int8-cpu", "openvino"),
+    CpuPathSpec("ov-int8-bf16", "int8 cpu, OV +bf16", "int8-cpu", "openvino", "bf16"),
+    CpuPathSpec("ov-int8-nncf", "int8 nncf, OV", "int8-openvino", "openvino"),
+    CpuPathSpec("ov-int8-nncf-bf16", "int8 nncf, OV +bf16", "int8-openvino", "openvino", "bf16"),
+    CpuPathSpec("ort-fp32-post", "stdc export, ORT fp32, 1/8 logits", "fp32", "onnxruntime", native=True),
+    CpuPathSpec("ort-int8-post", "int8 cpu, ORT, 1/8 logits", "int8-cpu", "onnxruntime", native=True),
+    CpuPathSpec("ov-bf16-post", "OpenVINO bf16, 1/8 logits", "fp32", "openvino", "bf16", native=True),
+    CpuPathSpec("ov-int8-nncf-bf16-post", "int8 nncf, OV +bf16, 1/8 logits", "int8-openvino", "openvino", "bf16",
+                native=True),
 )
+MODE = "to labels"  # what every path is timed doing: input batch -> label maps at the input size
 
 
 def available_paths() -> tuple[list[CpuPathSpec], list[str]]:
@@ -150,16 +164,37 @@ def _bare_session(path: Path, batch: np.ndarray, threads: int | None) -> Callabl
     return lambda: session.run(None, {name: batch})[0]
 
 
+def _to_labels(run: Callable[[], np.ndarray], size: tuple[int, int]) -> Callable[[], list[np.ndarray]]:
+    """One timed step: run the model, then labels at the input size from its logits."""
+    from ..postprocess import labels_official
+
+    return lambda: [labels_official(logits, size) for logits in run()]
+
+
+def default_path_key(paths: list[CpuPathSpec], files: dict[str, Path]) -> tuple[str | None, str]:
+    """The row ``--precision auto`` runs for these files on this CPU, and its one-line reason."""
+    from ..backends.cpu import choose_cpu_path
+
+    choice = choose_cpu_path(files["fp32"])
+    artifact = next((k for k, f in files.items() if f == choice.artifact and k != "hand"), None)
+    backend = choice.backend or "onnxruntime"
+    for spec in paths:
+        if (spec.artifact, spec.backend, spec.precision, spec.native) == (artifact, backend, choice.precision, True):
+            return spec.key, choice.describe()
+    return None, choice.describe()
+
+
 def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSettings, threads: int | None = None,
                   on_row: Callable[[BenchRow], None] | None = None) -> tuple[BenchReport, list[str]]:
     """Time every available CPU path of ``model`` (an eval-mode STDCSeg) round-robin; rows
     in :data:`PATHS` order, and the paths left out with why. ``threads`` applies to every
-    path, the reference included (None: each runtime's default, all cores)."""
+    path, the reference included (None: each runtime's default, all cores). The report's
+    ``choices`` holds what ``--precision auto`` picks here; its row has ``default`` set."""
     from ..preprocess import normalize
     from ..synthetic import synthetic_images
 
     if "model-only" not in settings.modes or len(settings.modes) > 1 or settings.cuda_graph:
-        raise StdcError("the CPU paths are timed model-only (leave out --mode and --cuda-graph)")
+        raise StdcError("the CPU paths are timed from input batch to labels (leave out --mode and --cuda-graph)")
     paths, skipped = available_paths()
     warmup, iters, seconds = settings.for_device("cpu")
     report = BenchReport(settings={**settings.__dict__, "modes": list(settings.modes), "cpu_paths": True,
@@ -173,25 +208,33 @@ def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSet
         try:
             for spec in paths:
                 if spec.backend is None:
-                    steps[spec.key] = _bare_session(files["hand"], batch, threads)
+                    run = _bare_session(files["hand"], batch, threads)
                 else:
-                    backends.append(open_backend(files[spec.artifact], spec.backend, "cpu", spec.precision, threads))
-                    steps[spec.key] = backends[-1].model_only_runner(batch)
-                outputs[spec.key] = np.asarray(steps[spec.key]()).argmax(1)
+                    backends.append(open_backend(files[spec.artifact], spec.backend, "cpu", spec.precision, threads,
+                                                 native_logits=spec.native))
+                    if spec.native and not backends[-1].final_resize_dropped:
+                        raise StdcError(f"{spec.label}: the model does not end in a resize to leave out",
+                                        files[spec.artifact])
+                    run = backends[-1].model_only_runner(batch)
+                steps[spec.key] = _to_labels(run, size)
+                outputs[spec.key] = np.stack(steps[spec.key]())
+            default, why = default_path_key(paths, files)
             samples = time_interleaved(steps, warmup, iters, seconds)
         finally:
             for backend in backends:
                 backend.close()
+    report.choices.append(why)
     reference = LatencyStats.from_seconds(samples[REFERENCE])
     arch = model.cfg.model_name
     for spec in paths:
         stats = LatencyStats.from_seconds(samples[spec.key])
         row = BenchRow(model=name, arch=arch, height=size[0], width=size[1], batch=settings.batch,
                        backend=spec.backend or "onnxruntime (bare)", device="cpu",
-                       precision=_precision(spec), mode="model-only",
+                       precision=_precision(spec), mode=MODE,
                        latency=stats, fps=settings.batch * 1e3 / stats.mean_ms, peak_rss_mb=_peak_rss_mb(),
                        path=spec.label, vs_reference=reference.p50_ms / stats.p50_ms,
-                       label_agreement=float((outputs[spec.key] == outputs["ort-fp32"]).mean()))
+                       label_agreement=float((outputs[spec.key] == outputs["ort-fp32"]).mean()),
+                       default=spec.key == default)
         report.rows.append(row)
         if on_row:
             on_row(row)

@@ -54,6 +54,10 @@ class BenchRow:
     path: str | None = None  # --cpu-paths: which path (the reference is the hand export)
     vs_reference: float | None = None  # --cpu-paths: reference p50 latency / this row's
     label_agreement: float | None = None  # --cpu-paths: labels equal to the FP32 export's, 0-1
+    default: bool = False  # --cpu-paths: the path `--precision auto` runs for these files on this CPU
+    # "1/8": the backend skipped the network's final upsampling (precision auto), so a
+    # model-only row times the network without it; end-to-end rows include the resize
+    logits: str = "input"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,7 +136,7 @@ def bench_backend(backend: Backend, settings: BenchSettings, *, model_name: str,
             width=segmenter.input_size[1], batch=settings.batch, backend=backend.name, device=backend.device,
             precision=backend.effective_precision, mode=mode, latency=stats, fps=settings.batch * 1e3 / stats.mean_ms,
             peak_rss_mb=_peak_rss_mb(), gpu_peak_mb=gpu["gpu_peak_mb"], paper_fps=paper_fps,
-            cuda_graph=settings.cuda_graph and mode == "model-only"))
+            cuda_graph=settings.cuda_graph and mode == "model-only", logits="1/8" if backend.final_resize_dropped else "input"))
     return rows
 
 
@@ -148,13 +152,14 @@ def model_only_fps(segmenter, batch: int = 1, seconds: float = 3.0) -> float:
     return batch * 1e3 / stats.mean_ms
 
 
-def bare_onnxruntime_fps(onnx_path: Path, batch: np.ndarray, warmup: int, iters: int | None,
+def bare_onnxruntime_fps(onnx_path: Path | bytes, batch: np.ndarray, warmup: int, iters: int | None,
                          seconds: float | None) -> LatencyStats:
     """A plain ``InferenceSession.run`` loop with default options: the reference the
-    model-only figures are checked against."""
+    model-only figures are checked against (a file, or a serialized model)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    source = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return LatencyStats.from_seconds(time_steps(lambda: session.run(None, {name: batch}), warmup, iters, seconds))
 
@@ -213,7 +218,12 @@ def _bare_reference(name: str, artifact: Path, backend: Backend, rows: list[Benc
     batch = normalize(synthetic_images(settings.batch, row.height, row.width, seed=0), backend.metadata.mean,
                       backend.metadata.std)
     warmup, iters, seconds = settings.for_device("cpu")
-    bare = bare_onnxruntime_fps(artifact, batch, warmup, iters, seconds)
+    source = artifact
+    if backend.final_resize_dropped:  # the same graph as the row: without the final upsampling
+        from ..backends.tail import load_without_final_resize
+
+        source = load_without_final_resize(artifact)[0]
+    bare = bare_onnxruntime_fps(source, batch, warmup, iters, seconds)
     bare_fps = settings.batch * 1e3 / bare.mean_ms
     ours = next((r for r in rows if r.mode == "model-only"), None)
     return {"model": name, "bare_mean_ms": bare.mean_ms, "bare_fps": bare_fps,

@@ -28,7 +28,7 @@ COLUMNS = (
     ("device", lambda r: r.device),
     ("prec", lambda r: r.precision + (" +graph" if r.cuda_graph else "")),
     ("batch", lambda r: str(r.batch)),
-    ("mode", lambda r: r.mode),
+    ("mode", lambda r: r.mode + ("*" if r.logits == "1/8" and r.mode == "model-only" else "")),
     ("mean ms", lambda r: f"{r.latency.mean_ms:.2f}"),
     ("p50 ms", lambda r: f"{r.latency.p50_ms:.2f}"),
     ("p99 ms", lambda r: f"{r.latency.p99_ms:.2f}"),
@@ -67,7 +67,8 @@ def cpu_paths_table(rows: list[BenchRow]) -> Table:
     for header in ("p50 ms", "mean ms", "FPS", "x hand", "agree %"):
         table.add_column(header, justify="right", no_wrap=True)
     for r in rows:
-        table.add_row(Text(r.path or r.backend), f"{r.latency.p50_ms:.1f}", f"{r.latency.mean_ms:.1f}", f"{r.fps:.1f}",
+        label = (r.path or r.backend) + (" [auto]" if r.default else "")
+        table.add_row(Text(label), f"{r.latency.p50_ms:.1f}", f"{r.latency.mean_ms:.1f}", f"{r.fps:.1f}",
                       f"{r.vs_reference:.2f}", f"{r.label_agreement * 100:.2f}")
     return table
 
@@ -88,11 +89,15 @@ def _bench_cpu_paths(targets: list[Target], settings: BenchSettings, threads: in
         report, skipped = run_cpu_paths(network, name=target.name, size=target.size, settings=settings,
                                         threads=threads)
         combined.rows.extend(report.rows)
+        combined.choices.extend(report.choices)
         combined.settings, combined.environment = report.settings, report.environment
         h, w = target.size
-        console.print(Text(f"stdc bench --cpu-paths: {target.name} {h}x{w}, batch {settings.batch}, model-only, "
-                           f"{report.settings.get('threads') or 'all'} threads; x hand = hand-export p50 / path p50"))
+        console.print(Text(f"stdc bench --cpu-paths: {target.name} {h}x{w}, batch {settings.batch}, input batch to "
+                           f"labels at {h}x{w}, {report.settings.get('threads') or 'all'} threads; "
+                           "x hand = hand-export p50 / path p50"))
         console.print(cpu_paths_table(report.rows))
+        for line in report.choices:
+            console.print(Text(f"[auto] = --precision auto here: {line.removeprefix('CPU path: ')}"))
         for note in skipped:
             console.print(f"left out: {note}")
         env = report.environment
@@ -192,6 +197,8 @@ def bench(
     table, setup = bench_table(report.rows)
     console.print(Text(f"stdc bench: {setup}" if setup else "stdc bench"))
     console.print(table)
+    if any(r.logits == "1/8" and r.mode == "model-only" for r in report.rows):
+        console.print("* without the final 8x upsampling (--precision auto resizes in post-processing)")
     env = report.environment
     gpu = f", GPU {env['gpu']['name']}" if env.get("gpu") else ""
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())

@@ -181,7 +181,7 @@ def _run_images(ray, spec: ModelSpec, plans: list[ImagePlan], options: InferOpti
                         fn_constructor_kwargs=dict(spec=ray_options.worker_spec(spec), size=size),
                         compute=ray.data.ActorPoolStrategy(size=ray_options.workers), **ray_options.resources())
     ds = ds.map_batches(post_and_write, batch_size=options.batch, num_cpus=ray_options.stage_cpus(), fn_kwargs=dict(
-        protocol=protocol, num_classes=metadata.num_classes, alpha=options.alpha))
+        protocol=protocol, num_classes=metadata.num_classes, alpha=options.alpha, input_size=size))
     progress.start(f"{len(rows)} images", len(rows))
     for batch in _quietly(ray, ds.iter_batches(batch_size=None, batch_format="numpy")):
         for i, key in enumerate(batch["path"]):

@@ -123,16 +123,20 @@ class InferLogits:
     def __call__(self, batch: Batch) -> Batch:
         start = time.perf_counter()
         ok = np.array([not e for e in batch["error"]], dtype=bool)
-        logits = np.zeros((len(ok), self.segmenter.num_classes, *self.size), np.float32)
-        if ok.any():
-            logits[ok] = self.segmenter.infer(np.ascontiguousarray(batch["tensor"][ok]))
+        if ok.any():  # logits at the input size, or 1/8 where the backend left the upsampling to post_and_write
+            computed = self.segmenter.infer_native(np.ascontiguousarray(batch["tensor"][ok]))
+            logits = np.zeros((len(ok), *computed.shape[1:]), np.float32)
+            logits[ok] = computed
+        else:
+            logits = np.zeros((len(ok), self.segmenter.num_classes, 1, 1), np.float32)
         out = _passed_on(batch, ("tensor",))
         out.update(logits=logits, infer_s=np.full(len(ok), (time.perf_counter() - start) / len(ok)),
                    worker=np.full(len(ok), self.description, dtype=object))
         return out
 
 
-def post_and_write(batch: Batch, *, protocol: str, num_classes: int, alpha: float) -> Batch:
+def post_and_write(batch: Batch, *, protocol: str, num_classes: int, alpha: float,
+                   input_size: tuple[int, int] | None = None) -> Batch:
     """Stage 3: labels at each frame's size, then its planned outputs, each written atomically.
 
     Returns one small row per input: ``path``, ``error``, the ``worker``'s model description
@@ -145,7 +149,7 @@ def post_and_write(batch: Batch, *, protocol: str, num_classes: int, alpha: floa
             write_s.append(0.0)
             continue
         start = time.perf_counter()
-        labels = to_labels(batch["logits"][i], (int(batch["height"][i]), int(batch["width"][i])), protocol)
+        labels = to_labels(batch["logits"][i], (int(batch["height"][i]), int(batch["width"][i])), protocol, input_size)
         post_s.append(time.perf_counter() - start)
         outputs = {kind: Path(batch[kind][i]) for kind in SAVE_KINDS if batch[kind][i]}
         image = batch["image"][i] if "image" in batch else None

@@ -245,7 +245,11 @@ class ModelServer:
         group, tensor = item
         start = time.perf_counter()
         try:
-            return group, (self.segmenter.infer(tensor) if tensor is not None else None)
+            if tensor is None:
+                return group, None
+            # stdc_net answers logits at the input size (its contract); stdc only needs labels
+            infer = self.segmenter.infer if group[0].model == NET_MODEL else self.segmenter.infer_native
+            return group, infer(tensor)
         except BaseException as exc:  # noqa: BLE001
             return self._fail(group, exc), None
         finally:
