@@ -90,7 +90,8 @@ def verify_artifacts(specs: Sequence[ArtifactSpec], images: Sequence[np.ndarray]
         raise InvalidValue("overrides", f"unknown limit(s) {', '.join(sorted(unknown))}")
     if len(specs) < 2:
         raise StdcError("give at least two artifacts to compare")
-    backends = [create_backend(s.path, backend=s.backend, precision=s.precision) for s in specs]
+    # logits are compared at the input size: every network runs whole, its final upsampling included
+    backends = [create_backend(s.path, backend=s.backend, precision=s.precision, native_logits=False) for s in specs]
     try:
         for b in backends:
             b.open()

@@ -127,3 +127,53 @@ def test_fast_protocol_from_small_logits_equals_from_full(files, frames):
     for i in range(3):
         for size in ((64, 128), (100, 300), (32, 40)):
             assert (to_labels(small[i], size, "fast", (64, 128)) == to_labels(logits[i], size, "fast")).all()
+
+
+def test_serving_with_auto_keeps_the_net_contract(files, frames):
+    """stdc_net answers logits at the input size; stdc answers the same labels as FP32."""
+    import asyncio
+
+    pytest.importorskip("starlette")
+    from stdc_deploy.serve import InferRequest, ModelServer, Tensor
+
+    with Segmenter(files["fp32"], backend="onnxruntime", precision="auto") as auto, \
+            Segmenter(files["fp32"]) as exact:
+        server = ModelServer(auto, max_batch=1, max_delay_ms=0, max_queue=4)
+        try:
+            batch = exact.preprocess(frames[:1])
+            ok, png = cv2.imencode(".png", frames[0])
+
+            async def main():
+                net = await server.infer(InferRequest("stdc_net", [Tensor.of("input", batch)]))
+                labels = await server.infer(InferRequest("stdc", [Tensor.of("image", np.array([[png.tobytes()]],
+                                                                                            dtype=object))]))
+                return net.outputs[0].data, labels.outputs[0].data
+
+            logits, labels = asyncio.run(main())
+        finally:
+            server.close()
+        assert logits.shape == (1, 19, 64, 128)
+        np.testing.assert_allclose(logits, exact.infer(batch), atol=1e-4)
+        assert (labels[0] == exact.predict(frames[0])).all()
+
+
+def test_exports_are_verified_as_auto_runs_them(files, official_checkpoints, tmp_path, monkeypatch):
+    from stdc_deploy import postprocess
+    from stdc_deploy.errors import ExportError
+
+    for name in ("fp32", "dynamic"):
+        assert files[name].is_file()
+    model, info = load_model(official_checkpoints["stdc1"])
+    result = export_onnx(model, tmp_path / "ok.onnx", OnnxExportOptions(height=64, width=96), checkpoint=info)
+    (tail,) = result.details["tail_parity"]
+    assert tail.shape == (1, 19, 64, 96) and tail.label_agreement == 1.0 and tail.max_abs_error < 1e-3
+
+    def nearest(logits, size):  # a wrong resize: the check must catch it
+        ys = np.arange(size[0]) * logits.shape[2] // size[0]
+        xs = np.arange(size[1]) * logits.shape[3] // size[1]
+        return logits[:, :, ys][:, :, :, xs]
+
+    monkeypatch.setattr(postprocess, "resize_logits", nearest)
+    with pytest.raises(ExportError, match="bad.onnx not written: the graph without its final upsampling"):
+        export_onnx(model, tmp_path / "bad.onnx", OnnxExportOptions(height=64, width=96), checkpoint=info)
+    assert not (tmp_path / "bad.onnx").exists()

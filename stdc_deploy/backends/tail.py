@@ -5,7 +5,8 @@ Every STDC-Seg artifact ends with the last step of the official inference path: 
 turns logits into labels resizes them again anyway, to the frame size
 (:func:`~stdc_deploy.postprocess.labels_official`, which interpolates only at label
 boundaries). For such callers the network's own resize of every class plane is wasted work:
-on the 2-core test CPU it was a third of the INT8 model's time (40.7 vs 27.5 ms, README "CPU").
+on the 2-core test CPU, leaving it out took STDC1 512x1024 with NNCF INT8 + bf16 in OpenVINO
+from 51.3 to 31.1 ms, input batch to labels (``stdc bench --cpu-paths``, README "CPU").
 
 :func:`without_final_resize` returns the graph ending before that resize, found by
 structure: the graph output is produced by a linear ``align_corners`` Resize, possibly

@@ -66,6 +66,8 @@ def _load(checkpoint: Path, output: Path | None, kind: str, default: Callable[[C
 def _report(result: ExportResult, what: str, verb: str, facts: str = "") -> None:
     for report in result.parity:
         console.print(f"  verified ({what}) {report.describe()}")
+    for report in result.details.get("tail_parity", ()):
+        console.print(f"  verified (without the final upsampling, as --precision auto runs it) {report.describe()}")
     console.print(f"{verb} {result.path} ({result.size_bytes / 2**20:.1f} MiB{facts}) in {result.seconds:.1f} s")
 
 

@@ -142,6 +142,31 @@ def compare_runs(reference: Runner, test: Runner, inputs: Iterable[np.ndarray]) 
     return [compare_logits(reference(x), np.asarray(test(x))) for x in inputs]
 
 
+def verify_without_final_resize(model: str | os.PathLike | bytes, reference: Runner, inputs: Iterable[np.ndarray],
+                                tolerance: Tolerance | None, output: str | os.PathLike) -> list[Parity]:
+    """Check the graph as ``--precision auto`` runs it: without its final upsampling
+    (:mod:`~stdc_deploy.backends.tail`), the 1/8 logits resized back to the input size the
+    way the network does it, against ``reference`` within ``tolerance``. A graph that does
+    not end in that upsampling is run whole by every backend: nothing to check."""
+    import onnx
+
+    from ..backends.tail import without_final_resize
+    from ..postprocess import resize_logits
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    cut = without_final_resize(proto)
+    if cut is None:
+        return []
+    low = onnx_runner(cut.SerializeToString(), proto.graph.input[0].name)
+    parity = compare_runs(reference, lambda x: resize_logits(np.asarray(low(x), np.float32), x.shape[2:]), inputs)
+    failed = [p for p in parity if tolerance is not None and not p.passes(tolerance)]
+    if failed:
+        raise ExportError(f"verification failed, {output} not written: the graph without its final upsampling "
+                          f"(what --precision auto runs) at {failed[0].describe()} "
+                          f"(limits: {tolerance.describe(failed[0].reference_abs_max)})")
+    return parity
+
+
 def write_verified(output: str | os.PathLike, save: Callable[[Path], None],
                    compare: Callable[[Path], Sequence[Parity]] | None, tolerance: Tolerance | None,
                    *, what: str) -> tuple[Parity, ...]:

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -40,6 +41,7 @@ from .common import (
     set_onnx_metadata,
     torch_runner,
     verification_inputs,
+    verify_without_final_resize,
     write_verified,
 )
 from .fp16 import to_fp16
@@ -201,10 +203,17 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
         raise ExportError(f"exported graph fails onnx.checker: {str(exc).splitlines()[0]}") from exc
     data = proto.SerializeToString()
 
-    compare = None
-    if options.verify:
+    tail = []
+
+    def compare(tmp: Path) -> list:
         inputs = verification_inputs(options.height, options.width, batch=options.batch, dynamic=options.dynamic)
-        compare = lambda tmp: compare_runs(torch_runner(model), onnx_runner(tmp), inputs)  # noqa: E731
-    parity = write_verified(output, lambda tmp: tmp.write_bytes(data), compare, options.effective_tolerance,
-                            what=f"ONNX Runtime {options.precision} vs PyTorch fp32")
-    return ExportResult(output, metadata, parity, len(data), time.perf_counter() - start, {"opset": opset})
+        reference = torch_runner(model)
+        parity = compare_runs(reference, onnx_runner(tmp), inputs)
+        # also as `--precision auto` runs it, without the final upsampling
+        tail.extend(verify_without_final_resize(data, reference, inputs, options.effective_tolerance, output))
+        return parity
+
+    parity = write_verified(output, lambda tmp: tmp.write_bytes(data), compare if options.verify else None,
+                            options.effective_tolerance, what=f"ONNX Runtime {options.precision} vs PyTorch fp32")
+    return ExportResult(output, metadata, parity, len(data), time.perf_counter() - start,
+                        {"opset": opset, "tail_parity": tuple(tail)})
