@@ -286,3 +286,17 @@ def test_cpu_paths_need_pytorch_weights(tmp_path):
         target_network(Target("m", (64, 128), artifact=onnx_file))
     result = CliRunner().invoke(app, ["bench", "--cpu-paths", "--backend", "openvino"])
     assert result.exit_code == 1 and "--cpu-paths times every CPU backend" in result.output
+
+
+def test_end_to_end_at_another_frame_size(tmp_path):
+    out = tmp_path / "e.json"
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "--arch", "stdc1", "--size", "64x128", "--iters", "2", "--warmup", "1",
+                                 "--backend", "onnxruntime", "--mode", "end-to-end", "--frame", "128x256",
+                                 "--precision", "fp32", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["settings"]["frame"] == [128, 256] and "end-to-end frames 128x256" in result.stdout
+    assert [r["height"] for r in data["rows"]] == [64]  # the network input stays 64x128
+    bad = runner.invoke(app, ["bench", "--arch", "stdc1", "--size", "64x128", "--frame", "128x256"])
+    assert bad.exit_code == 1 and "add --mode end-to-end" in bad.output

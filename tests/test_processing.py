@@ -157,6 +157,22 @@ def test_labels_official_exact_on_model_logits(model_logits, size):
     np.testing.assert_array_equal(labels, torch_labels(model_logits, size))
 
 
+@pytest.mark.parametrize("size", [(128, 256), (150, 301), (64, 128), (33, 200)])
+def test_labels_official_from_eighth_resolution_logits(models_by_arch, size):
+    """Upsampling by 4x and more (1/8 logits straight to the frame) scores whole cell blocks."""
+    model = models_by_arch["stdc1"].eval()
+    x = torch.from_numpy(preprocess.normalize(synthetic_images(1, 64, 128, seed=3)))
+    with torch.no_grad():
+        _, _, feat8, _, feat16_up, *_ = model.cp(x)
+        low = model.conv_out(model.ffm(feat8, feat16_up))[0].numpy()
+    assert low.shape == (19, 8, 16)
+    np.testing.assert_array_equal(postprocess.labels_official(low, size), torch_labels(low, size))
+    smooth = smooth_logits(19, 8, 16, seed=2)
+    np.testing.assert_array_equal(postprocess.labels_official(smooth, size), torch_labels(smooth, size))
+    noisy = np.random.default_rng(4).standard_normal((19, 8, 16)).astype(np.float32)
+    assert (postprocess.labels_official(noisy, size) == torch_labels(noisy, size)).mean() >= 0.99999
+
+
 def test_labels_official_same_size_is_argmax(model_logits):
     np.testing.assert_array_equal(postprocess.labels_official(model_logits, (64, 128)),
                                   model_logits.argmax(0))

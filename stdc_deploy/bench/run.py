@@ -71,6 +71,7 @@ class BenchSettings:
     seconds: float | None = None  # None (and no iters): 3 s on CPU, 10 s on GPU
     modes: tuple[str, ...] = ("model-only",)
     cuda_graph: bool = False
+    frame: tuple[int, int] | None = None  # end-to-end: the image size (None: the network input size)
 
     def __post_init__(self):
         unknown = [m for m in self.modes if m not in MODES]
@@ -118,7 +119,7 @@ def bench_backend(backend: Backend, settings: BenchSettings, *, model_name: str,
     from ..synthetic import synthetic_images
 
     if image is None:
-        image = synthetic_images(1, *size, seed=0)[0]
+        image = synthetic_images(1, *(settings.frame or size), seed=0)[0]
     segmenter = Segmenter(backend, size=size if backend.input_spec.height is None else None)
     warmup, iters, seconds = settings.for_device(backend.device)
     rows = []

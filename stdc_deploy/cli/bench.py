@@ -141,6 +141,9 @@ def bench(
     mode: Annotated[list[str] | None, typer.Option(
         "--mode", help="model-only (the paper's way) and/or end-to-end (BGR image in, labels out). Default: model-only.")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="PyTorch CUDA: replay a captured CUDA graph.")] = False,
+    frame: Annotated[str | None, typer.Option(
+        "--frame", help="End-to-end: the image size HxW (default: the network input size), e.g. 1024x2048 "
+                        "for Cityscapes frames into a 512x1024 network.")] = None,
     compare_bare: Annotated[bool, typer.Option(
         "--compare-bare", help="Also time a bare onnxruntime session.run loop and print the ratio.")] = False,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write all rows and the environment as JSON.")] = None,
@@ -154,8 +157,11 @@ def bench(
     what was timed (model-only or end-to-end), with latency percentiles and peak memory;
     --json/--csv hold every statistic (p90, min, max too).
     """
-    settings = BenchSettings(batch=batch, warmup=warmup, iters=iters, seconds=seconds,
-                             modes=tuple(mode or ("model-only",)), cuda_graph=cuda_graph)
+    modes = tuple(mode or ("model-only",))
+    if frame is not None and "end-to-end" not in modes:
+        raise StdcError("--frame sets the image size of end-to-end rows: add --mode end-to-end")
+    settings = BenchSettings(batch=batch, warmup=warmup, iters=iters, seconds=seconds, modes=modes,
+                             cuda_graph=cuda_graph, frame=parse_size(frame) if frame else None)
     input_size = parse_size(size) if size else None
     check_outputs([json_path, csv_path, plot], [model], overwrite=overwrite)
     if plot is not None:
@@ -195,6 +201,8 @@ def bench(
     for line in dict.fromkeys(report.choices):
         console.print(line)
     table, setup = bench_table(report.rows)
+    if settings.frame:
+        setup += f"{', ' if setup else ''}end-to-end frames {settings.frame[0]}x{settings.frame[1]}"
     console.print(Text(f"stdc bench: {setup}" if setup else "stdc bench"))
     console.print(table)
     if any(r.logits == "1/8" and r.mode == "model-only" for r in report.rows):
