@@ -20,6 +20,7 @@ from stdc_deploy.bench import (
 from stdc_deploy.cli import app
 from stdc_deploy.errors import InvalidValue, StdcError
 from stdc_deploy.models import DEFAULT_PRESETS, PRESETS, Preset
+from stdc_deploy.synthetic import synthetic_images
 
 
 def test_percentiles_on_known_samples():
@@ -246,13 +247,18 @@ def test_time_interleaved_runs_round_robin():
     assert calls == ["a", "b", "c"] * 2
 
 
-def test_cpu_paths_against_a_hand_export(models_by_arch):
-    """Every available path runs on one tiny model, with ratios against the hand export."""
+def test_cpu_paths_against_a_hand_export(models_by_arch, tmp_path):
+    """Every available path runs on one tiny model, with ratios against the hand export; the
+    INT8 files are calibrated on a folder of images (--calib)."""
+    import cv2
+
     from stdc_deploy.bench.cpu_paths import PATHS, REFERENCE, available_paths, run_cpu_paths
 
     model = models_by_arch["stdc1"].eval()
+    for i, image in enumerate(synthetic_images(10, 48, 96, seed=5)):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), image)
     report, skipped = run_cpu_paths(model, name="tiny", size=(64, 128), settings=BenchSettings(iters=2, warmup=1),
-                                    threads=1)
+                                    threads=1, calib=tmp_path)
     paths, _ = available_paths()
     assert [r.path for r in report.rows] == [p.label for p in paths] and len(paths) + len(skipped) == len(PATHS)
     reference = report.rows[0]
@@ -286,6 +292,10 @@ def test_cpu_paths_need_pytorch_weights(tmp_path):
         target_network(Target("m", (64, 128), artifact=onnx_file))
     result = CliRunner().invoke(app, ["bench", "--cpu-paths", "--backend", "openvino"])
     assert result.exit_code == 1 and "--cpu-paths times every CPU backend" in result.output
+    result = CliRunner().invoke(app, ["bench", "--cpu-paths", "--calib", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "nope: no such folder" in result.output
+    result = CliRunner().invoke(app, ["bench", "--calib", str(tmp_path)])
+    assert result.exit_code == 1 and "--calib is for --cpu-paths" in result.output
 
 
 def test_end_to_end_at_another_frame_size(tmp_path):

@@ -122,8 +122,10 @@ def hand_export(model, path: Path, size: tuple[int, int], batch: int = 1) -> Pat
     return path
 
 
-def make_artifacts(model, size: tuple[int, int], batch: int, directory: Path, keys: set[str]) -> dict[str, Path]:
-    """The files the paths need, made from the same weights in ``directory``."""
+def make_artifacts(model, size: tuple[int, int], batch: int, directory: Path, keys: set[str],
+                   calib: Path | None = None) -> dict[str, Path]:
+    """The files the paths need, made from the same weights in ``directory``; INT8 files
+    calibrated on the images in ``calib`` (default: synthetic frames)."""
     import cv2
 
     from ..export import OnnxExportOptions, export_onnx
@@ -133,16 +135,18 @@ def make_artifacts(model, size: tuple[int, int], batch: int, directory: Path, ke
     files = {"hand": hand_export(model, directory / "hand.onnx", size, batch)}
     files["fp32"] = directory / "stdc.onnx"
     export_onnx(model, files["fp32"], OnnxExportOptions(height=size[0], width=size[1], batch=batch, verify=False))
-    if keys & {"int8-cpu", "int8-openvino"}:
+    synthetic = calib is None  # 8 synthetic frames calibrate, 2 are held out; real images as `stdc quantize`
+    if keys & {"int8-cpu", "int8-openvino"} and synthetic:
         calib = directory / "calib"
         calib.mkdir()
         for i, image in enumerate(synthetic_images(CALIBRATION_IMAGES, *size, seed=11)):
             cv2.imwrite(str(calib / f"{i:02d}.png"), image)
-        for key in sorted(keys & {"int8-cpu", "int8-openvino"}):
-            target = key.split("-", 1)[1]
-            files[key] = directory / f"stdc-{key}.onnx"
-            log.info("quantizing for %s", target)
-            quantize_onnx(files["fp32"], calib, files[key], QuantizeOptions(target=target, num_images=8, holdout=2))
+    for key in sorted(keys & {"int8-cpu", "int8-openvino"}):
+        target = key.split("-", 1)[1]
+        files[key] = directory / f"stdc-{key}.onnx"
+        log.info("quantizing for %s", target)
+        options = QuantizeOptions(target=target, num_images=8, holdout=2) if synthetic else QuantizeOptions(target=target)
+        quantize_onnx(files["fp32"], calib, files[key], options)
     return files
 
 
@@ -185,11 +189,14 @@ def default_path_key(paths: list[CpuPathSpec], files: dict[str, Path]) -> tuple[
 
 
 def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSettings, threads: int | None = None,
-                  on_row: Callable[[BenchRow], None] | None = None) -> tuple[BenchReport, list[str]]:
+                  on_row: Callable[[BenchRow], None] | None = None,
+                  calib: Path | None = None) -> tuple[BenchReport, list[str]]:
     """Time every available CPU path of ``model`` (an eval-mode STDCSeg) round-robin; rows
     in :data:`PATHS` order, and the paths left out with why. ``threads`` applies to every
     path, the reference included (None: each runtime's default, all cores). The report's
-    ``choices`` holds what ``--precision auto`` picks here; its row has ``default`` set."""
+    ``choices`` holds what ``--precision auto`` picks here; its row has ``default`` set.
+    ``calib``: real images to calibrate the INT8 files on (and measure their agreement, which
+    decides whether auto takes them), as ``stdc quantize --calib`` does."""
     from ..preprocess import normalize
     from ..synthetic import synthetic_images
 
@@ -201,7 +208,7 @@ def run_cpu_paths(model, *, name: str, size: tuple[int, int], settings: BenchSet
                                    "threads": threads, "interleaved": True})
     frames = synthetic_images(settings.batch, *size, seed=0)
     with scratch_dir() as scratch:
-        files = make_artifacts(model, size, settings.batch, Path(scratch), {p.artifact for p in paths})
+        files = make_artifacts(model, size, settings.batch, Path(scratch), {p.artifact for p in paths}, calib)
         meta = read_metadata(files["fp32"])
         batch = normalize(frames, meta.mean, meta.std)
         backends, steps, outputs = [], {}, {}

@@ -67,14 +67,15 @@ def cpu_paths_table(rows: list[BenchRow]) -> Table:
     for header in ("p50 ms", "mean ms", "FPS", "x hand", "agree %"):
         table.add_column(header, justify="right", no_wrap=True)
     for r in rows:
-        label = (r.path or r.backend) + (" [auto]" if r.default else "")
+        label = (r.path or r.backend) + (" *" if r.default else "")
         table.add_row(Text(label), f"{r.latency.p50_ms:.1f}", f"{r.latency.mean_ms:.1f}", f"{r.fps:.1f}",
                       f"{r.vs_reference:.2f}", f"{r.label_agreement * 100:.2f}")
     return table
 
 
 def _bench_cpu_paths(targets: list[Target], settings: BenchSettings, threads: int | None,
-                     backend: list[str] | None, device: str | None, precision: str) -> BenchReport:
+                     backend: list[str] | None, device: str | None, precision: str,
+                     calib: Path | None = None) -> BenchReport:
     """--cpu-paths: every CPU path of each target against its hand export, round-robin."""
     from ..bench.cpu_paths import run_cpu_paths, target_network
 
@@ -87,7 +88,7 @@ def _bench_cpu_paths(targets: list[Target], settings: BenchSettings, threads: in
         console.print(f"{target.name}: exporting by hand and with stdc, quantizing, then timing round-robin "
                       f"({settings.describe('cpu')}, every path once per round)")
         report, skipped = run_cpu_paths(network, name=target.name, size=target.size, settings=settings,
-                                        threads=threads)
+                                        threads=threads, calib=calib)
         combined.rows.extend(report.rows)
         combined.choices.extend(report.choices)
         combined.settings, combined.environment = report.settings, report.environment
@@ -97,7 +98,7 @@ def _bench_cpu_paths(targets: list[Target], settings: BenchSettings, threads: in
                            "x hand = hand-export p50 / path p50"))
         console.print(cpu_paths_table(report.rows))
         for line in report.choices:
-            console.print(Text(f"[auto] = --precision auto here: {line.removeprefix('CPU path: ')}"))
+            console.print(Text(f"* = --precision auto here: {line.removeprefix('CPU path: ')}"))
         for note in skipped:
             console.print(f"left out: {note}")
         env = report.environment
@@ -141,6 +142,8 @@ def bench(
     mode: Annotated[list[str] | None, typer.Option(
         "--mode", help="model-only (the paper's way) and/or end-to-end (BGR image in, labels out). Default: model-only.")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="PyTorch CUDA: replay a captured CUDA graph.")] = False,
+    calib: Annotated[Path | None, typer.Option(
+        "--calib", help="--cpu-paths: calibrate the INT8 files on these images (default: synthetic frames).")] = None,
     frame: Annotated[str | None, typer.Option(
         "--frame", help="End-to-end: the image size HxW (default: the network input size), e.g. 1024x2048 "
                         "for Cityscapes frames into a 512x1024 network.")] = None,
@@ -158,6 +161,10 @@ def bench(
     --json/--csv hold every statistic (p90, min, max too).
     """
     modes = tuple(mode or ("model-only",))
+    if calib is not None and not cpu_paths:
+        raise StdcError("--calib is for --cpu-paths (stdc quantize --calib makes INT8 files)")
+    if calib is not None and not calib.is_dir():
+        raise StdcError("no such folder", calib)
     if frame is not None and "end-to-end" not in modes:
         raise StdcError("--frame sets the image size of end-to-end rows: add --mode end-to-end")
     settings = BenchSettings(batch=batch, warmup=warmup, iters=iters, seconds=seconds, modes=modes,
@@ -183,7 +190,7 @@ def bench(
     else:
         targets = preset_targets(preset or (["stdc1-seg50"] if cpu_paths else list(DEFAULT_PRESETS)))
     if cpu_paths:
-        report = _bench_cpu_paths(targets, settings, threads, backend, device, precision)
+        report = _bench_cpu_paths(targets, settings, threads, backend, device, precision, calib)
         for path, write in ((json_path, write_json), (csv_path, write_csv), (plot, write_plot)):
             if path is not None:
                 write(report, path)
