@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -26,18 +25,13 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stdc_deploy.backends import open_backend  # noqa: E402
+from stdc_deploy.bench.timing import LatencyStats, time_steps  # noqa: E402
 from stdc_deploy.postprocess import argmax_classes, labels_official  # noqa: E402
 from stdc_deploy.preprocess import normalize  # noqa: E402
 
 
 def median_ms(fn, runs: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
+    return LatencyStats.from_seconds(time_steps(fn, warmup=1, iters=runs, seconds=None)).p50_ms
 
 
 def main() -> None:

@@ -106,7 +106,7 @@ def labels_official(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     cell = low.copy()
     cell[hi != lo] = 255  # marker: interpolate the logits there
     out = _gather(cell, size, nearest=False)
-    if _block_shape(low.shape, size)[2] >= BLOCK_MIN_PIXELS:
+    if _cell_spans(h, height)[0].shape[1] * _cell_spans(w, width)[0].shape[1] >= BLOCK_MIN_PIXELS:
         ci, cj = np.nonzero(cell == 255)
         if len(ci):
             _boundary_blocks(np.ascontiguousarray(logits), low, second, ci, cj, size, out)
@@ -139,17 +139,11 @@ def _cell_spans(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return index, weight, index >= 0
 
 
-def _block_shape(in_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int]:
-    rows = int(np.bincount(align_corners_grid(in_size[0], size[0])[0]).max())
-    cols = int(np.bincount(align_corners_grid(in_size[1], size[1])[0]).max())
-    return rows, cols, rows * cols
-
-
 def _boundary_blocks(logits: np.ndarray, low: np.ndarray, second: np.ndarray, ci: np.ndarray, cj: np.ndarray,
                      size: tuple[int, int], out: np.ndarray) -> None:
     """:func:`_boundary_labels` for whole cells: every output pixel whose four source pixels
     are corners of cell (ci, cj), scored from that cell's corner logits, written into ``out``."""
-    num_classes, h, w = logits.shape
+    _, h, w = logits.shape
     rows, fy, row_ok = _cell_spans(h, size[0])
     cols, fx, col_ok = _cell_spans(w, size[1])
     fy, fx = fy[ci][:, :, None], fx[cj][:, None, :]  # (n, R, 1), (n, 1, C)
@@ -253,32 +247,29 @@ def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     try:
         import torch
     except ImportError:
-        _, h, w = logits.shape[1:]
-        y0, y1, wy = align_corners_grid(h, size[0])
-        x0, x1, wx = align_corners_grid(w, size[1])
-        fy, fx = wy[:, None], wx[None, :]
-        top, bottom = logits[:, :, y0], logits[:, :, y1]
-        return ((top[..., x0] * (1 - fx) + top[..., x1] * fx) * (1 - fy)
-                + (bottom[..., x0] * (1 - fx) + bottom[..., x1] * fx) * fy).astype(np.float32)
+        return _bilinear_numpy(logits.astype(np.float32, copy=False), size)
     with torch.no_grad():
         out = torch.nn.functional.interpolate(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32)),
                                               size=tuple(size), mode="bilinear", align_corners=True)
     return out.numpy()
 
 
-def _resize_then_argmax_numpy(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """align_corners=True bilinear resize and argmax (first maximum wins) in numpy."""
-    _, h, w = logits.shape
+def _bilinear_numpy(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(..., h, w) -> (..., H, W): bilinear align_corners=True in numpy, PyTorch's order of operations."""
+    h, w = planes.shape[-2:]
     y0, y1, wy = align_corners_grid(h, size[0])
     x0, x1, wx = align_corners_grid(w, size[1])
     fy, fx = wy[:, None], wx[None, :]
+    top, bottom = planes[..., y0, :], planes[..., y1, :]
+    return (top[..., x0] * (1 - fx) + top[..., x1] * fx) * (1 - fy) + (bottom[..., x0] * (1 - fx) + bottom[..., x1] * fx) * fy
+
+
+def _resize_then_argmax_numpy(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """align_corners=True bilinear resize and argmax (first maximum wins) in numpy, one class at a time."""
     labels = np.zeros(tuple(size), np.int64)
     best = None
     for c, plane in enumerate(logits):
-        plane = plane.astype(np.float32, copy=False)
-        top, bottom = plane[y0], plane[y1]
-        score = ((top[:, x0] * (1 - fx) + top[:, x1] * fx) * (1 - fy)
-                 + (bottom[:, x0] * (1 - fx) + bottom[:, x1] * fx) * fy)
+        score = _bilinear_numpy(plane.astype(np.float32, copy=False), size)
         if best is None:
             best = score
             continue

@@ -49,16 +49,13 @@ class OnnxRuntimeBackend(Backend):
         for key, value in CPU_SESSION_CONFIG.items():
             options.add_session_config_entry(key, value)
         providers = self._providers(ort)
-        source, self._output = str(self.artifact), self.metadata.output_name
-        if self.native_logits:
-            cut = load_without_final_resize(self.artifact)
-            if cut is not None:
-                source, self._output = cut
+        cut = load_without_final_resize(self.artifact) if self.native_logits else None
+        source, self._output = cut if cut is not None else (str(self.artifact), self.metadata.output_name)
         try:
             self._session = ort.InferenceSession(source, options, providers=providers)
         except Exception as exc:
             raise StdcError(f"ONNX Runtime cannot load the model ({str(exc).splitlines()[0]})", self.artifact) from None
-        self.final_resize_dropped = not isinstance(source, str)
+        self.final_resize_dropped = cut is not None
         self._input = self.metadata.input_name
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:

@@ -142,18 +142,16 @@ def compare_runs(reference: Runner, test: Runner, inputs: Iterable[np.ndarray]) 
     return [compare_logits(reference(x), np.asarray(test(x))) for x in inputs]
 
 
-def verify_without_final_resize(model: str | os.PathLike | bytes, reference: Runner, inputs: Iterable[np.ndarray],
+def verify_without_final_resize(proto, reference: Runner, inputs: Iterable[np.ndarray],
                                 tolerance: Tolerance | None, output: str | os.PathLike) -> list[Parity]:
     """Check the graph as ``--precision auto`` runs it: without its final upsampling
     (:mod:`~stdc_deploy.backends.tail`), the 1/8 logits resized back to the input size the
-    way the network does it, against ``reference`` within ``tolerance``. A graph that does
-    not end in that upsampling is run whole by every backend: nothing to check."""
-    import onnx
-
+    way the network does it, against ``reference`` within ``tolerance``. ``proto``: the
+    exported ONNX model. A graph that does not end in that upsampling is run whole by every
+    backend: nothing to check."""
     from ..backends.tail import without_final_resize
     from ..postprocess import resize_logits
 
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
     cut = without_final_resize(proto)
     if cut is None:
         return []

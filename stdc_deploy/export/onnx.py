@@ -210,7 +210,7 @@ def export_onnx(model: STDCSeg, output: str | os.PathLike, options: OnnxExportOp
         reference = torch_runner(model)
         parity = compare_runs(reference, onnx_runner(tmp), inputs)
         # also as `--precision auto` runs it, without the final upsampling
-        tail.extend(verify_without_final_resize(data, reference, inputs, options.effective_tolerance, output))
+        tail.extend(verify_without_final_resize(proto, reference, inputs, options.effective_tolerance, output))
         return parity
 
     parity = write_verified(output, lambda tmp: tmp.write_bytes(data), compare if options.verify else None,
